@@ -1,0 +1,176 @@
+//! The `keywatch` command line: argument parsing, exit codes, dispatch.
+//!
+//! Exit codes: 0 success, 2 bad input (config, arguments), 1 anything else.
+
+mod output;
+mod watch;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::config::{self, Settings};
+use crate::domain::AccountId;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keywatch",
+    version,
+    about = "Watches NEAR accounts for access-key and balance changes"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply database migrations.
+    Migrate,
+    /// Validate the config: exit 0, or list every problem and exit 2.
+    CheckConfig,
+    /// Manage the watch list.
+    #[command(subcommand)]
+    Watch(WatchCommand),
+    /// Keys of an account now, or at a past height.
+    Keys {
+        account: String,
+        /// Block height to answer for (from history).
+        #[arg(long)]
+        at: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Key and balance events of an account, oldest first.
+    History {
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WatchCommand {
+    /// Start watching accounts (baseline read at the ingest cursor's block).
+    Add {
+        #[arg(required = true)]
+        accounts: Vec<String>,
+        #[arg(long)]
+        label: Option<String>,
+        /// A key the account is expected to have (no alert when it is added).
+        #[arg(long = "expect-key")]
+        expect_keys: Vec<String>,
+        /// Watch an account that does not exist yet.
+        #[arg(long)]
+        allow_missing: bool,
+    },
+    /// Stop watching accounts (their history is kept).
+    Remove {
+        #[arg(required = true)]
+        accounts: Vec<String>,
+    },
+    /// List watched accounts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub enum Failure {
+    /// Exit 2: the user's input (config, arguments) is wrong.
+    BadInput(anyhow::Error),
+    /// Exit 1.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+pub fn bad_input(msg: impl std::fmt::Display) -> Failure {
+    Failure::BadInput(anyhow::anyhow!("{msg}"))
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,keywatch=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Migrate => migrate(&cli.config).await,
+        Command::Watch(cmd) => watch::run(&cli.config, cmd).await,
+        Command::Keys { account, at, json } => output::keys(&cli.config, &account, at, json).await,
+        Command::History { account, json } => output::history(&cli.config, &account, json).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadInput(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn load_settings(path: &std::path::Path) -> Result<Settings, Failure> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Settings::load(path, &env).map_err(|e| Failure::BadInput(e.into()))
+}
+
+fn check_config(path: &std::path::Path) -> CmdResult {
+    let settings = load_settings(path)?;
+    println!(
+        "{}: ok ({} rpc url(s) on {}, {} configured account(s))",
+        path.display(),
+        settings.rpc.client.urls.len(),
+        settings.rpc.chain_id,
+        settings.accounts.len()
+    );
+    Ok(())
+}
+
+pub async fn connect(settings: &Settings) -> Result<sqlx::PgPool, Failure> {
+    use anyhow::Context;
+    let pool = crate::store::connect(
+        settings.database.url.expose_secret(),
+        settings.database.max_connections,
+    )
+    .await
+    .context("cannot connect to the database (database.url or DATABASE_URL)")?;
+    crate::store::migrate(&pool)
+        .await
+        .context("cannot apply migrations")?;
+    Ok(pool)
+}
+
+async fn migrate(path: &std::path::Path) -> CmdResult {
+    let settings = load_settings(path)?;
+    connect(&settings).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+pub fn parse_account(raw: &str) -> Result<AccountId, Failure> {
+    AccountId::parse(raw).map_err(bad_input)
+}

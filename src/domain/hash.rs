@@ -1,0 +1,72 @@
+//! Block, transaction and receipt hashes: base58 of 32 bytes.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct CryptoHash(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid hash {input:?}: {reason}")]
+pub struct HashError {
+    pub input: String,
+    pub reason: String,
+}
+
+impl CryptoHash {
+    pub fn parse(input: &str) -> Result<Self, HashError> {
+        let fail = |reason: String| HashError {
+            input: input.chars().take(80).collect(),
+            reason,
+        };
+        let bytes = bs58::decode(input)
+            .into_vec()
+            .map_err(|e| fail(format!("invalid base58: {e}")))?;
+        if bytes.len() != 32 {
+            return Err(fail(format!(
+                "base58 decodes to {} bytes, expected 32",
+                bytes.len()
+            )));
+        }
+        Ok(CryptoHash(bs58::encode(bytes).into_string()))
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        CryptoHash(bs58::encode(bytes).into_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CryptoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CryptoHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        CryptoHash::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_ones_is_the_zero_hash_and_round_trips() {
+        let zero = CryptoHash::parse("11111111111111111111111111111111").unwrap();
+        assert_eq!(zero, CryptoHash::from_bytes([0; 32]));
+        assert!(
+            CryptoHash::parse("abc")
+                .unwrap_err()
+                .to_string()
+                .contains("expected 32")
+        );
+        assert!(CryptoHash::parse("0OIl").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! keywatch: watches NEAR accounts for access-key and balance changes.
+//!
+//! - [`domain`]: pure types (account ids, keys, permissions, amounts, changes).
+//! - adapters: [`rpc`] (NEAR JSON-RPC), [`store`] (PostgreSQL).
+//! - [`config`]: the typed settings tree and its validation.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod rpc;
+pub mod store;

@@ -1,0 +1,230 @@
+//! Balance rows, current account state, and the `history` listing.
+
+use bigdecimal::BigDecimal;
+use sqlx::PgConnection;
+
+use crate::domain::{AccountId, AccountState, Cause, Yocto};
+use crate::store::StoreError;
+use crate::store::convert::{height_to_i64, i64_to_height, numeric_to_yocto, yocto_to_numeric};
+
+/// Inserts a balance history row; `state: None` records the account's deletion.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_balance_row(
+    tx: &mut PgConnection,
+    account: &AccountId,
+    block_hash: &str,
+    block_height: u64,
+    index_in_block: i32,
+    state: Option<&AccountState>,
+    cause: Option<&Cause>,
+    source: &str,
+) -> Result<bool, StoreError> {
+    let result = sqlx::query(
+        "insert into balance_events (account_id, block_height, block_hash, index_in_block, amount, locked,
+            storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted, cause,
+            tx_hash, receipt_hash, source)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         on conflict on constraint balance_events_natural_key do nothing",
+    )
+    .bind(account.as_str())
+    .bind(height_to_i64("block height", block_height)?)
+    .bind(block_hash)
+    .bind(index_in_block)
+    .bind(state.map(|s| yocto_to_numeric(s.amount)))
+    .bind(state.map(|s| yocto_to_numeric(s.locked)))
+    .bind(state.map(|s| height_to_i64("storage usage", s.storage_usage)).transpose()?)
+    .bind(state.map(|s| s.code_hash.as_str().to_owned()))
+    .bind(state.and_then(|s| s.global_contract_hash.as_ref()).map(|h| h.as_str().to_owned()))
+    .bind(state.and_then(|s| s.global_contract_account_id.as_ref()).map(|a| a.as_str().to_owned()))
+    .bind(state.is_none())
+    .bind(cause.map(|c| c.kind.name().to_owned()))
+    .bind(cause.and_then(|c| c.tx_hash.as_ref()).map(|h| h.as_str().to_owned()))
+    .bind(cause.and_then(|c| c.receipt_hash.as_ref()).map(|h| h.as_str().to_owned()))
+    .bind(source)
+    .execute(&mut *tx)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Sets the end-of-block state; `None` marks the account deleted.
+pub async fn upsert_account_state(
+    tx: &mut PgConnection,
+    account: &AccountId,
+    state: Option<&AccountState>,
+    height: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into current_accounts (account_id, amount, locked, storage_usage, code_hash,
+            global_contract_hash, global_contract_account_id, deleted, updated_at_height)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         on conflict (account_id) do update set amount = excluded.amount, locked = excluded.locked,
+            storage_usage = excluded.storage_usage, code_hash = excluded.code_hash,
+            global_contract_hash = excluded.global_contract_hash,
+            global_contract_account_id = excluded.global_contract_account_id,
+            deleted = excluded.deleted, updated_at_height = excluded.updated_at_height",
+    )
+    .bind(account.as_str())
+    .bind(state.map(|s| yocto_to_numeric(s.amount)))
+    .bind(state.map(|s| yocto_to_numeric(s.locked)))
+    .bind(
+        state
+            .map(|s| height_to_i64("storage usage", s.storage_usage))
+            .transpose()?,
+    )
+    .bind(state.map(|s| s.code_hash.as_str().to_owned()))
+    .bind(
+        state
+            .and_then(|s| s.global_contract_hash.as_ref())
+            .map(|h| h.as_str().to_owned()),
+    )
+    .bind(
+        state
+            .and_then(|s| s.global_contract_account_id.as_ref())
+            .map(|a| a.as_str().to_owned()),
+    )
+    .bind(state.is_none())
+    .bind(height_to_i64("block height", height)?)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// One line of `keywatch history`: a key write or a balance row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HistoryEntry {
+    Key {
+        block_height: u64,
+        block_time: chrono::DateTime<chrono::Utc>,
+        index_in_block: i32,
+        public_key: String,
+        action: String,
+        permission: Option<String>,
+        allowance: Option<Yocto>,
+        gas_key_balance: Option<Yocto>,
+        nonce: Option<String>,
+        cause: Option<String>,
+        tx_hash: Option<String>,
+        receipt_hash: Option<String>,
+        source: String,
+    },
+    Balance {
+        block_height: u64,
+        block_time: chrono::DateTime<chrono::Utc>,
+        index_in_block: i32,
+        amount: Option<Yocto>,
+        locked: Option<Yocto>,
+        code_hash: Option<String>,
+        deleted: bool,
+        cause: Option<String>,
+        tx_hash: Option<String>,
+        receipt_hash: Option<String>,
+        source: String,
+    },
+}
+
+impl HistoryEntry {
+    fn sort_key(&self) -> (u64, u8, i32) {
+        match self {
+            HistoryEntry::Key {
+                block_height,
+                index_in_block,
+                ..
+            } => (*block_height, 0, *index_in_block),
+            HistoryEntry::Balance {
+                block_height,
+                index_in_block,
+                ..
+            } => (*block_height, 1, *index_in_block),
+        }
+    }
+}
+
+type KeyHist = (
+    i64,
+    chrono::DateTime<chrono::Utc>,
+    i32,
+    String,
+    String,
+    Option<String>,
+    Option<BigDecimal>,
+    Option<BigDecimal>,
+    Option<BigDecimal>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+type BalHist = (
+    i64,
+    chrono::DateTime<chrono::Utc>,
+    i32,
+    Option<BigDecimal>,
+    Option<BigDecimal>,
+    Option<String>,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+/// Key and balance events of an account, oldest first (through the views).
+pub async fn history(
+    conn: &mut PgConnection,
+    account: &AccountId,
+) -> Result<Vec<HistoryEntry>, StoreError> {
+    let amount =
+        |what, n: Option<BigDecimal>| n.as_ref().map(|n| numeric_to_yocto(what, n)).transpose();
+    let keys: Vec<KeyHist> = sqlx::query_as(
+        "select block_height, block_time, index_in_block, public_key, action, permission, allowance,
+                gas_key_balance, nonce, cause, tx_hash, receipt_hash, source
+         from key_history where account_id = $1",
+    )
+    .bind(account.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let balances: Vec<BalHist> = sqlx::query_as(
+        "select block_height, block_time, index_in_block, amount, locked, code_hash, deleted, cause,
+                tx_hash, receipt_hash, source
+         from balance_history where account_id = $1",
+    )
+    .bind(account.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(keys.len() + balances.len());
+    for k in keys {
+        out.push(HistoryEntry::Key {
+            block_height: i64_to_height("block height", k.0)?,
+            block_time: k.1,
+            index_in_block: k.2,
+            public_key: k.3,
+            action: k.4,
+            permission: k.5,
+            allowance: amount("allowance", k.6)?,
+            gas_key_balance: amount("gas key balance", k.7)?,
+            nonce: k.8.map(|n| n.with_scale(0).to_string()),
+            cause: k.9,
+            tx_hash: k.10,
+            receipt_hash: k.11,
+            source: k.12,
+        });
+    }
+    for b in balances {
+        out.push(HistoryEntry::Balance {
+            block_height: i64_to_height("block height", b.0)?,
+            block_time: b.1,
+            index_in_block: b.2,
+            amount: amount("amount", b.3)?,
+            locked: amount("locked", b.4)?,
+            code_hash: b.5,
+            deleted: b.6,
+            cause: b.7,
+            tx_hash: b.8,
+            receipt_hash: b.9,
+            source: b.10,
+        });
+    }
+    out.sort_by_key(HistoryEntry::sort_key);
+    Ok(out)
+}

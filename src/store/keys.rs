@@ -1,0 +1,286 @@
+//! Key history rows, current key state, and "which keys could sign at H".
+
+use bigdecimal::BigDecimal;
+use sqlx::PgConnection;
+
+use crate::domain::{AccessKey, AccountId, Cause, Permission, PublicKey, Yocto};
+use crate::store::StoreError;
+use crate::store::convert::{
+    height_to_i64, i64_to_height, numeric_to_u64, numeric_to_yocto, u64_to_numeric,
+    yocto_to_numeric,
+};
+
+/// One row of `key_events`.
+pub struct KeyRow<'a> {
+    pub account_id: &'a AccountId,
+    pub public_key: &'a PublicKey,
+    pub block_height: u64,
+    pub block_hash: &'a str,
+    pub index_in_block: i32,
+    /// `added`, `updated`, `deleted` or `nonce_slot`.
+    pub action: &'a str,
+    pub access_key: Option<&'a AccessKey>,
+    /// `(index, nonce)` of a gas-key nonce slot.
+    pub nonce_slot: Option<(u16, u64)>,
+    pub cause: Option<&'a Cause>,
+    pub source: &'a str,
+    pub by_account_deletion: bool,
+}
+
+/// Inserts a history row; a replay of the same row is a no-op.
+pub async fn insert_key_row(tx: &mut PgConnection, row: &KeyRow<'_>) -> Result<bool, StoreError> {
+    let permission = row.access_key.map(|k| &k.permission);
+    let nonce = match (row.access_key, row.nonce_slot) {
+        (Some(k), _) => Some(u64_to_numeric(k.nonce)),
+        (None, Some((_, n))) => Some(u64_to_numeric(n)),
+        _ => None,
+    };
+    let result = sqlx::query(
+        "insert into key_events (account_id, public_key, block_height, block_hash, index_in_block, action,
+            permission, permission_raw, allowance, gas_key_balance, receiver_id, method_names, num_nonces,
+            nonce, nonce_index, cause, tx_hash, receipt_hash, source, by_account_deletion)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+         on conflict on constraint key_events_natural_key do nothing",
+    )
+    .bind(row.account_id.as_str())
+    .bind(row.public_key.as_str())
+    .bind(height_to_i64("block height", row.block_height)?)
+    .bind(row.block_hash)
+    .bind(row.index_in_block)
+    .bind(row.action)
+    .bind(permission.map(|p| p.kind().as_str()))
+    .bind(permission.map(Permission::to_json))
+    .bind(permission.and_then(Permission::allowance).map(yocto_to_numeric))
+    .bind(permission.and_then(Permission::gas_key_balance).map(yocto_to_numeric))
+    .bind(permission.and_then(Permission::receiver_id))
+    .bind(permission.and_then(Permission::method_names).map(<[String]>::to_vec))
+    .bind(permission.and_then(Permission::num_nonces).map(i32::from))
+    .bind(nonce)
+    .bind(row.nonce_slot.map(|(i, _)| i32::from(i)))
+    .bind(row.cause.map(|c| c.kind.name().to_owned()))
+    .bind(row.cause.and_then(|c| c.tx_hash.as_ref()).map(|h| h.as_str().to_owned()))
+    .bind(row.cause.and_then(|c| c.receipt_hash.as_ref()).map(|h| h.as_str().to_owned()))
+    .bind(row.source)
+    .bind(row.by_account_deletion)
+    .execute(&mut *tx)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn upsert_key_state(
+    tx: &mut PgConnection,
+    account: &AccountId,
+    key: &PublicKey,
+    ak: &AccessKey,
+    height: u64,
+) -> Result<(), StoreError> {
+    let p = &ak.permission;
+    let h = height_to_i64("block height", height)?;
+    sqlx::query(
+        "insert into key_state (account_id, public_key, permission, permission_raw, allowance, gas_key_balance,
+            receiver_id, method_names, num_nonces, nonce, added_at_height, updated_at_height)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+         on conflict (account_id, public_key) do update set permission = excluded.permission,
+            permission_raw = excluded.permission_raw, allowance = excluded.allowance,
+            gas_key_balance = excluded.gas_key_balance, receiver_id = excluded.receiver_id,
+            method_names = excluded.method_names, num_nonces = excluded.num_nonces,
+            nonce = excluded.nonce, updated_at_height = excluded.updated_at_height",
+    )
+    .bind(account.as_str())
+    .bind(key.as_str())
+    .bind(p.kind().as_str())
+    .bind(p.to_json())
+    .bind(p.allowance().map(yocto_to_numeric))
+    .bind(p.gas_key_balance().map(yocto_to_numeric))
+    .bind(p.receiver_id())
+    .bind(p.method_names().map(<[String]>::to_vec))
+    .bind(p.num_nonces().map(i32::from))
+    .bind(u64_to_numeric(ak.nonce))
+    .bind(h)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_key_state(
+    tx: &mut PgConnection,
+    account: &AccountId,
+    key: &PublicKey,
+) -> Result<(), StoreError> {
+    sqlx::query("delete from key_state where account_id = $1 and public_key = $2")
+        .bind(account.as_str())
+        .bind(key.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// A key as `keywatch keys` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    pub public_key: String,
+    pub permission: String,
+    pub permission_raw: serde_json::Value,
+    pub allowance: Option<Yocto>,
+    pub gas_key_balance: Option<Yocto>,
+    pub receiver_id: Option<String>,
+    pub method_names: Option<Vec<String>>,
+    pub nonce: u64,
+    /// Height of the row the state was read from.
+    pub since_height: u64,
+}
+
+/// A key's state as read from `current_keys` or from its last history row.
+#[derive(sqlx::FromRow)]
+struct KeyRead {
+    public_key: String,
+    permission: Option<String>,
+    permission_raw: Option<serde_json::Value>,
+    allowance: Option<BigDecimal>,
+    gas_key_balance: Option<BigDecimal>,
+    receiver_id: Option<String>,
+    method_names: Option<Vec<String>>,
+    nonce: Option<BigDecimal>,
+    height: i64,
+}
+
+impl KeyRead {
+    fn into_info(self) -> Result<KeyInfo, StoreError> {
+        let missing = |what: &str| {
+            StoreError::Invalid(format!("key row for {} has no {what}", self.public_key))
+        };
+        Ok(KeyInfo {
+            permission: self
+                .permission
+                .clone()
+                .ok_or_else(|| missing("permission"))?,
+            permission_raw: self
+                .permission_raw
+                .clone()
+                .ok_or_else(|| missing("permission_raw"))?,
+            allowance: self
+                .allowance
+                .as_ref()
+                .map(|n| numeric_to_yocto("allowance", n))
+                .transpose()?,
+            gas_key_balance: self
+                .gas_key_balance
+                .as_ref()
+                .map(|n| numeric_to_yocto("gas key balance", n))
+                .transpose()?,
+            nonce: numeric_to_u64(
+                "nonce",
+                self.nonce.as_ref().ok_or_else(|| missing("nonce"))?,
+            )?,
+            since_height: i64_to_height("height", self.height)?,
+            receiver_id: self.receiver_id,
+            method_names: self.method_names,
+            public_key: self.public_key,
+        })
+    }
+}
+
+/// Keys of a watched account now (end of the cursor's block).
+pub async fn keys_now(
+    conn: &mut PgConnection,
+    account: &AccountId,
+) -> Result<Vec<KeyInfo>, StoreError> {
+    let rows: Vec<KeyRead> = sqlx::query_as(
+        "select public_key, permission, permission_raw, allowance, gas_key_balance, receiver_id,
+                method_names, nonce, updated_at_height as height
+         from current_keys where account_id = $1 order by public_key",
+    )
+    .bind(account.as_str())
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(KeyRead::into_info).collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysAtError {
+    #[error(
+        "height {height} is above the last processed block {cursor}; keywatch has no history there yet"
+    )]
+    AboveCursor { height: u64, cursor: u64 },
+    #[error("nothing has been ingested yet, so there is no history")]
+    NoCursor,
+    #[error("{account} was not tracked at height {height}{}", .tracked_from.map(|h| format!(" (tracking starts at {h})")).unwrap_or_default())]
+    NotTracked {
+        account: AccountId,
+        height: u64,
+        tracked_from: Option<u64>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The exact key set that could sign for `account` at the end of block
+/// `height`: for each key, its last write at or below `height` within the
+/// tracking span that covers `height`, unless that write deleted it.
+pub async fn keys_at(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    height: u64,
+) -> Result<Vec<KeyInfo>, KeysAtError> {
+    let cursor = crate::store::cursor(&mut *conn)
+        .await?
+        .ok_or(KeysAtError::NoCursor)?;
+    if height > cursor.height {
+        return Err(KeysAtError::AboveCursor {
+            height,
+            cursor: cursor.height,
+        });
+    }
+    let h = height_to_i64("height", height).map_err(StoreError::from)?;
+    let span: Option<(i64,)> = sqlx::query_as(
+        "select from_height from tracking_spans
+         where account_id = $1 and from_height <= $2 and (to_height is null or to_height >= $2)
+         order by from_height desc limit 1",
+    )
+    .bind(account.as_str())
+    .bind(h)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(StoreError::from)?;
+    let Some((from,)) = span else {
+        let first: Option<i64> = sqlx::query_scalar(
+            "select min(from_height) from tracking_spans where account_id = $1 and from_height > $2",
+        )
+        .bind(account.as_str())
+        .bind(h)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+        return Err(KeysAtError::NotTracked {
+            account: account.clone(),
+            height,
+            tracked_from: first.map(|f| f as u64),
+        });
+    };
+    // Within one block, a baseline or reconcile row describes the state after
+    // the block's chain writes, so it ranks above them.
+    let rows: Vec<KeyRead> = sqlx::query_as(
+        "select public_key, permission, permission_raw, allowance, gas_key_balance, receiver_id,
+                method_names, nonce, block_height as height
+         from (
+            select distinct on (public_key) *
+            from key_events
+            where account_id = $1 and block_height between $2 and $3 and action <> 'nonce_slot'
+            order by public_key, block_height desc,
+                     case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc,
+                     index_in_block desc
+         ) last_write
+         where action <> 'deleted'
+         order by public_key",
+    )
+    .bind(account.as_str())
+    .bind(from)
+    .bind(h)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(rows
+        .into_iter()
+        .map(KeyRead::into_info)
+        .collect::<Result<_, _>>()?)
+}

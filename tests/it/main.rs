@@ -1,0 +1,3 @@
+//! keywatch's integration tests: one binary, one link step.
+
+mod samples;
