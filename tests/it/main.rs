@@ -1,3 +1,9 @@
 //! keywatch's integration tests: one binary, one link step.
 
-mod samples;
+mod cli;
+mod config;
+mod parsers;
+mod rpc_client;
+pub mod samples;
+mod store;
+mod support;

@@ -1,0 +1,298 @@
+//! The `keywatch` binary end to end: exit codes, messages, what it writes.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use keywatch::domain::{BlockHeader, CryptoHash};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::support::{Canned, FakeNode, sample_result};
+
+/// The block the localnet captures were read at.
+const CURSOR_HASH: &str = "D9AEQvj2yj7UL1f93q6DyjFtTwaZNCh93EnYG7GgHkSC";
+
+struct Env {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    database_url: String,
+}
+
+/// The test database's url: DATABASE_URL with the per-test database name.
+fn database_url(pool: &PgPool) -> String {
+    let mut url = reqwest::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
+    url.set_path(pool.connect_options().get_database().unwrap());
+    url.to_string()
+}
+
+fn env_for(pool: &PgPool, rpc_url: &str, chain: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keywatch.toml");
+    std::fs::write(&config, format!("[rpc]\nurls = [{rpc_url:?}]\nchain_id = {chain:?}\ntimeout = \"2s\"\nbackoff_min = \"1ms\"\nbackoff_max = \"2ms\"\n")).unwrap();
+    Env {
+        _dir: dir,
+        config,
+        database_url: database_url(pool),
+    }
+}
+
+async fn keywatch(env: &Env, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env("DATABASE_URL", &env.database_url)
+        .env_remove("KEYWATCH_LOG")
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn set_cursor(pool: &PgPool) {
+    let header = BlockHeader {
+        height: 130,
+        hash: CryptoHash::parse(CURSOR_HASH).unwrap(),
+        prev_hash: CryptoHash::parse("BogGnVewefFt99yZZxJNMoNZpcwbfvFjQm4CDjcuPk6V").unwrap(),
+        timestamp_ns: 1795331870346282541,
+    };
+    let mut tx = pool.begin().await.unwrap();
+    keywatch::store::insert_block(&mut tx, &header)
+        .await
+        .unwrap();
+    keywatch::store::advance_cursor(&mut tx, &header)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A localnet node at block 130: alice exists with two keys, bob was deleted.
+async fn localnet() -> FakeNode {
+    FakeNode::start(|_, r| {
+        let p = &r["params"];
+        match (r["method"].as_str().unwrap(), p["request_type"].as_str(), p["account_id"].as_str()) {
+            ("status", _, _) => Canned::result(r, sample_result("localnet-protocol-61/status.json")),
+            ("query", Some("view_account"), Some("alice.test.near")) => {
+                assert_eq!(p["block_id"], CURSOR_HASH, "baselines are read at the cursor's block");
+                Canned::result(r, sample_result("localnet-protocol-61/view_account.json"))
+            }
+            ("query", Some("view_access_key_list"), Some("alice.test.near")) => Canned::result(r, sample_result("localnet-protocol-61/view_access_key_list.json")),
+            ("query", Some(_), Some(other)) => Canned::error(r, 200, "HANDLER_ERROR", "UNKNOWN_ACCOUNT", json!({"requested_account_id": other, "block_height": 130, "block_hash": CURSOR_HASH})),
+            _ => Canned::error(r, 400, "REQUEST_VALIDATION_ERROR", "METHOD_NOT_FOUND", json!({})),
+        }
+    })
+    .await
+}
+
+async fn watched_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from watched_accounts")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn watch_add_with_a_bad_id_exits_2_and_writes_nothing(pool: PgPool) {
+    let node = localnet().await;
+    let env = env_for(&pool, &node.url, "localnet");
+    let out = keywatch(&env, &["watch", "add", "alice.test.near", "bad..id"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "invalid account id \"bad..id\": separators '.' and '.' are adjacent at position 4"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(watched_count(&pool).await, 0);
+    assert!(
+        node.requests().is_empty(),
+        "nothing was asked before the input was valid"
+    );
+
+    let out = keywatch(
+        &env,
+        &[
+            "watch",
+            "add",
+            "alice.test.near",
+            "--expect-key",
+            "ed25519:abc",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid public key \"ed25519:abc\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(watched_count(&pool).await, 0);
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn check_config_lists_every_mistake_and_exits_2(pool: PgPool) {
+    let env = env_for(&pool, "http://127.0.0.1:1/", "localnet");
+    std::fs::write(
+        &env.config,
+        "[rpc]\nurls = [\"not a url\"]\ntimeout = 5\n[ingest]\nstrat = \"latest\"\n",
+    )
+    .unwrap();
+    let out = keywatch(&env, &["check-config"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("3 problem(s)"), "{err}");
+    assert!(err.contains("rpc.urls[0]: invalid url"), "{err}");
+    assert!(
+        err.contains(
+            "rpc.timeout: expected a duration such as \"10s\", \"15m\" or \"1h\", got the integer 5"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("ingest.strat: unknown key (did you mean \"start\"?)"),
+        "{err}"
+    );
+
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/keywatch.toml");
+    let env = Env {
+        config: shipped,
+        ..env
+    };
+    let out = keywatch(&env, &["check-config"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ok"));
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn watch_add_reads_a_baseline_at_the_cursor_and_keys_show_it(pool: PgPool) {
+    set_cursor(&pool).await;
+    let node = localnet().await;
+    let env = env_for(&pool, &node.url, "localnet");
+    let out = keywatch(
+        &env,
+        &["watch", "add", "alice.test.near", "--label", "alice"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "watching alice.test.near: baseline at block 130 with 2 key(s)"
+    );
+
+    let out = keywatch(&env, &["keys", "alice.test.near"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("alice.test.near now: 2 key(s)"), "{text}");
+    assert!(text.contains("full_access"), "{text}");
+    assert!(
+        text.contains(
+            "function_call  allowance 0.4980576524675168 NEAR  receiver bob.test.near  methods ping"
+        ),
+        "{text}"
+    );
+
+    let out = keywatch(&env, &["keys", "alice.test.near", "--at", "130", "--json"]).await;
+    let at: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(at.as_array().unwrap().len(), 2);
+    assert_eq!(at[1]["allowance"], "498057652467516800000000");
+
+    let out = keywatch(&env, &["keys", "alice.test.near", "--at", "131"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("height 131 is above the last processed block 130"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = keywatch(&env, &["history", "alice.test.near", "--json"]).await;
+    let hist: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<(&str, &str)> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("key", "baseline"),
+            ("key", "baseline"),
+            ("balance", "baseline")
+        ]
+    );
+    assert_eq!(hist[2]["amount"], "9997888392454685800000000");
+
+    let out = keywatch(&env, &["watch", "list"]).await;
+    assert!(
+        stdout(&out).contains("alice.test.near (alice)  expected keys: 0  baseline: block 130"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = keywatch(&env, &["watch", "remove", "alice.test.near", "nobody.near"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "one id not watched: nothing removed"
+    );
+    assert_eq!(watched_count(&pool).await, 1);
+    let out = keywatch(&env, &["watch", "remove", "alice.test.near"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(watched_count(&pool).await, 0);
+    let out = keywatch(&env, &["keys", "alice.test.near"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = keywatch(&env, &["keys", "alice.test.near", "--at", "130"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "history outlives the watch: {}",
+        stderr(&out)
+    );
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn an_account_that_does_not_exist_needs_allow_missing(pool: PgPool) {
+    set_cursor(&pool).await;
+    let node = localnet().await;
+    let env = env_for(&pool, &node.url, "localnet");
+    let out = keywatch(&env, &["watch", "add", "alice.test.near", "bob.test.near"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("bob.test.near do not exist on localnet at block 130; pass --allow-missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(watched_count(&pool).await, 0, "alice is not added either");
+
+    let out = keywatch(&env, &["watch", "add", "bob.test.near", "--allow-missing"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("baseline at block 130 with 0 key(s) (account does not exist yet)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_node_on_another_chain_is_refused(pool: PgPool) {
+    set_cursor(&pool).await;
+    let node = localnet().await;
+    let env = env_for(&pool, &node.url, "mainnet");
+    let out = keywatch(&env, &["watch", "add", "alice.test.near"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("node is on chain \"localnet\", but the config says \"mainnet\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(watched_count(&pool).await, 0);
+}
