@@ -294,9 +294,9 @@ impl Settings {
         let mut p = Problems::default();
         apply_env(&mut table, env, &mut p);
         let settings = read(&table, env, &mut p);
-        match settings {
-            Some(s) if p.0.is_empty() => Ok(s),
-            _ => Err(ConfigError::Invalid {
+        match p.0.is_empty() {
+            true => Ok(settings),
+            false => Err(ConfigError::Invalid {
                 path: path.to_owned(),
                 problems: p.0,
             }),
@@ -304,7 +304,7 @@ impl Settings {
     }
 }
 
-fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Option<Settings> {
+fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Settings {
     let mut root = Fields::root(table);
 
     let mut f = root.table(p, "rpc");
@@ -475,7 +475,7 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Optio
     f.finish(p);
 
     root.finish(p);
-    Some(Settings {
+    Settings {
         rpc,
         database,
         ingest,
@@ -485,7 +485,7 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Optio
         schedule,
         retention,
         server: ServerConfig { listen },
-    })
+    }
 }
 
 fn read_email(

@@ -158,16 +158,6 @@ impl<'t> Fields<'t> {
         self.opt(p, key).unwrap_or(default)
     }
 
-    pub fn required<T: FromToml>(&mut self, p: &mut Problems, key: &str) -> Option<T> {
-        if self.table.is_some_and(|t| t.contains_key(key)) {
-            self.opt(p, key)
-        } else {
-            self.seen.push(key.to_owned());
-            p.add(self.path_of(key), format!("is required ({})", T::EXPECTED));
-            None
-        }
-    }
-
     /// Reads a key with a custom parser that returns a message on failure.
     pub fn parsed<T, R: FromToml>(
         &mut self,
@@ -238,10 +228,6 @@ impl<'t> Fields<'t> {
         self.table
             .map(|t| t.keys().cloned().collect())
             .unwrap_or_default()
-    }
-
-    pub fn is_present(&self) -> bool {
-        self.table.is_some()
     }
 
     /// Reports every key that no reader asked for.

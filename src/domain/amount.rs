@@ -88,10 +88,6 @@ impl Yocto {
         let digits = format!("{frac:024}");
         format!("{whole}.{} NEAR", digits.trim_end_matches('0'))
     }
-
-    pub fn saturating_sub(self, other: Yocto) -> Yocto {
-        Yocto(self.0.saturating_sub(other.0))
-    }
 }
 
 impl fmt::Display for Yocto {

@@ -9,7 +9,7 @@
 use sqlx::PgConnection;
 
 use crate::domain::{AccessKey, AccountId, AccountState, PublicKey};
-use crate::store::convert::{height_to_i64, numeric_to_yocto};
+use crate::store::convert::height_to_i64;
 use crate::store::{Cursor, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,20 +260,4 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<WatchedAccount>, StoreE
             })
         })
         .collect()
-}
-
-/// Current balance of a watched account, if known.
-pub async fn current_amount(
-    conn: &mut PgConnection,
-    account: &AccountId,
-) -> Result<Option<crate::domain::Yocto>, StoreError> {
-    let row: Option<(Option<bigdecimal::BigDecimal>,)> =
-        sqlx::query_as("select amount from current_accounts where account_id = $1")
-            .bind(account.as_str())
-            .fetch_optional(conn)
-            .await?;
-    match row {
-        Some((Some(n),)) => Ok(Some(numeric_to_yocto("amount", &n)?)),
-        _ => Ok(None),
-    }
 }

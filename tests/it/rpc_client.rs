@@ -526,3 +526,63 @@ async fn the_api_key_is_sent_but_never_shown() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn each_changes_kind_is_requested_in_the_node_wire_format() {
+    let node = FakeNode::start(|_, r| {
+        let file = match r["params"]["changes_type"].as_str().unwrap() {
+            "account_changes" => "experimental_changes_account_changes.json",
+            "contract_code_changes" => "experimental_changes_contract_code_changes.json",
+            "single_access_key_changes" => "experimental_changes_single_access_key_changes.json",
+            other => panic!("unexpected changes_type {other}"),
+        };
+        Canned::result(r, sample_result(file))
+    })
+    .await;
+    let c = client(settings(&[&node.url]));
+    let contract = [AccountId::parse("contract.rpc-examples.testnet").unwrap()];
+    let block = keywatch::domain::CryptoHash::parse("6RWmTYhXCzjMjoY3Mz1rfFcnBm8E6XeDDbFEPUA4sv1w")
+        .unwrap();
+    let accounts = c
+        .changes(
+            &BlockRef::Hash(block.clone()),
+            ChangesKind::Accounts,
+            &contract,
+        )
+        .await
+        .unwrap();
+    assert_eq!(accounts.changes.len(), 2);
+    let code = c
+        .changes(&BlockRef::Final, ChangesKind::ContractCode, &contract)
+        .await
+        .unwrap();
+    assert_eq!(code.changes[0].value.type_name(), "contract_code_update");
+    let key =
+        keywatch::domain::PublicKey::parse("ed25519:EddTahJwZpJjYPPmat7DBm1m2vdrFBzVv7e3T4hzkENd")
+            .unwrap();
+    let account = AccountId::parse("account.rpc-examples.testnet").unwrap();
+    let single = c
+        .single_access_key_changes(&BlockRef::Height(187309655), &[(account, key)])
+        .await
+        .unwrap();
+    assert_eq!(single.changes.len(), 1);
+
+    let reqs = node.requests();
+    assert_eq!(
+        reqs[0]["params"],
+        json!({"changes_type": "account_changes", "account_ids": ["contract.rpc-examples.testnet"], "block_id": "6RWmTYhXCzjMjoY3Mz1rfFcnBm8E6XeDDbFEPUA4sv1w"})
+    );
+    assert_eq!(
+        reqs[1]["params"],
+        json!({"changes_type": "contract_code_changes", "account_ids": ["contract.rpc-examples.testnet"], "finality": "final"})
+    );
+    assert_eq!(
+        reqs[2]["params"],
+        json!({"changes_type": "single_access_key_changes", "block_id": 187309655,
+        "keys": [{"account_id": "account.rpc-examples.testnet", "public_key": "ed25519:EddTahJwZpJjYPPmat7DBm1m2vdrFBzVv7e3T4hzkENd"}]})
+    );
+    assert!(
+        reqs.iter()
+            .all(|r| r["method"] == "changes" && r["jsonrpc"] == "2.0")
+    );
+}
