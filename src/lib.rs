@@ -9,4 +9,5 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod rpc;
+pub mod sim;
 pub mod store;

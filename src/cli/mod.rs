@@ -53,6 +53,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a scripted NEAR chain over JSON-RPC (see scenarios/README.md).
+    Simulate {
+        #[arg(long)]
+        scenario: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:3030")]
+        listen: std::net::SocketAddr,
+        /// real-time (one block per block_time), on-read (one block per
+        /// read of the head) or stepped (only the genesis block).
+        #[arg(long, default_value = "real-time")]
+        clock: String,
+        /// Produce no block above this height.
+        #[arg(long)]
+        until: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +133,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Watch(cmd) => watch::run(&cli.config, cmd).await,
         Command::Keys { account, at, json } => output::keys(&cli.config, &account, at, json).await,
         Command::History { account, json } => output::history(&cli.config, &account, json).await,
+        Command::Simulate {
+            scenario,
+            listen,
+            clock,
+            until,
+        } => simulate(&scenario, listen, &clock, until).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,4 +193,64 @@ async fn migrate(path: &std::path::Path) -> CmdResult {
 
 pub fn parse_account(raw: &str) -> Result<AccountId, Failure> {
     AccountId::parse(raw).map_err(bad_input)
+}
+
+async fn simulate(
+    path: &std::path::Path,
+    listen: std::net::SocketAddr,
+    clock: &str,
+    until: Option<u64>,
+) -> CmdResult {
+    use crate::sim::{Clock, Scenario, SimOptions, Simulator};
+    let clock = match clock {
+        "real-time" => Clock::RealTime,
+        "on-read" => Clock::OnRead,
+        "stepped" => Clock::Stepped,
+        other => {
+            return Err(bad_input(format!(
+                "--clock {other:?}: expected real-time, on-read or stepped"
+            )));
+        }
+    };
+    let scenario = Scenario::load(path).map_err(bad_input)?;
+    let (chain_id, profile, start) = (
+        scenario.chain.chain_id.clone(),
+        scenario.chain.profile,
+        scenario.chain.start_height,
+    );
+    let sim = Simulator::start(
+        scenario,
+        SimOptions {
+            listen,
+            clock,
+            until,
+            faults: None,
+        },
+    )
+    .await
+    .map_err(|e| Failure::Other(anyhow::anyhow!("cannot listen on {listen}: {e}")))?;
+    println!(
+        "simulating {chain_id} ({profile:?} node) from height {start} at {}",
+        sim.url()
+    );
+    // Tests and scripts read the url from this line.
+    use std::io::Write;
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Failure::Other(e.into()))?;
+    shutdown_signal()
+        .await
+        .map_err(|e| Failure::Other(e.into()))?;
+    let head = sim.with_chain(|c| c.head().header.height);
+    println!("stopped at height {head}");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }

@@ -296,3 +296,49 @@ async fn a_node_on_another_chain_is_refused(pool: PgPool) {
     );
     assert_eq!(watched_count(&pool).await, 0);
 }
+
+#[tokio::test]
+async fn simulate_serves_the_demo_scenario_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock",
+            "on-read",
+            "--scenario",
+        ])
+        .arg(&scenario)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let url = first.rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        first.starts_with(
+            "simulating localnet (Current node) from height 1000 at http://127.0.0.1:"
+        ),
+        "{first}"
+    );
+    let rpc = keywatch::rpc::RpcClient::new(keywatch::rpc::RpcSettings {
+        urls: vec![url],
+        ..Default::default()
+    })
+    .unwrap();
+    let status = rpc.verify_chain("localnet").await.unwrap();
+    assert!(status.sync_info.latest_block_height >= 1000);
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = child.wait().await.unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let last = lines.next_line().await.unwrap().unwrap();
+    assert!(last.starts_with("stopped at height 10"), "{last}");
+}

@@ -5,5 +5,6 @@ mod config;
 mod parsers;
 mod rpc_client;
 pub mod samples;
+mod sim;
 mod store;
 mod support;
