@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 2 bad input (config, arguments), 1 anything else.
 
+mod ingest;
 mod output;
 mod watch;
 
@@ -53,6 +54,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow the chain and record every key and balance change of the
+    /// watched accounts, until Ctrl-C or SIGTERM.
+    Run {
+        /// Stop once the cursor's block height is at least H.
+        #[arg(long)]
+        until_height: Option<u64>,
+        /// Stop at the final head seen at start.
+        #[arg(long)]
+        exit_when_caught_up: bool,
+        /// Skip history the rpc can no longer serve (recorded as a gap).
+        #[arg(long)]
+        accept_gap: bool,
+        /// How long to wait for pending deliveries before exiting.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
+    },
+    /// With no history yet: start at H and index up to --to or the head.
+    Backfill {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Compare stored keys and balances with the chain at the cursor's block.
+    Reconcile { accounts: Vec<String> },
     /// Serve a scripted NEAR chain over JSON-RPC (see scenarios/README.md).
     Simulate {
         #[arg(long)]
@@ -139,6 +165,22 @@ pub async fn run(cli: Cli) -> ExitCode {
             clock,
             until,
         } => simulate(&scenario, listen, &clock, until).await,
+        Command::Run {
+            until_height,
+            exit_when_caught_up,
+            accept_gap,
+            drain_timeout,
+        } => {
+            let opts = crate::ingest::follower::FollowOptions {
+                until_height,
+                exit_when_caught_up,
+                accept_gap,
+                ..Default::default()
+            };
+            ingest::run(&cli.config, opts, drain_timeout).await
+        }
+        Command::Backfill { from, to } => ingest::backfill(&cli.config, from, to).await,
+        Command::Reconcile { accounts } => ingest::reconcile(&cli.config, &accounts).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

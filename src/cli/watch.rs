@@ -1,9 +1,8 @@
 //! `keywatch watch add|remove|list`.
 //!
-//! `add` validates every id and key first (exit 2, nothing written), reads
-//! each account's baseline at the ingest cursor's block, then writes all of
-//! them in one transaction holding the cursor lock. If the follower moved
-//! the cursor meanwhile, the baselines are read again at the new cursor.
+//! `add` validates every id and key first (exit 2, nothing written), then
+//! starts tracking through [`crate::ingest::baseline::start_tracking`]: the
+//! baselines are read at the cursor's block and written under its lock.
 
 use std::path::Path;
 
@@ -11,13 +10,10 @@ use anyhow::Context;
 
 use crate::cli::{CmdResult, Failure, WatchCommand, bad_input, connect, load_settings};
 use crate::domain::{AccountId, PublicKey};
-use crate::rpc::{BlockRef, RpcClient};
-use crate::store::watch::{AddOutcome, Baseline, NewWatch};
-use crate::store::{self, Cursor};
-
-/// Attempts to catch the cursor still; the follower commits a block every
-/// ~0.6 s, and reading a baseline takes a few requests.
-const CURSOR_RACE_ATTEMPTS: usize = 10;
+use crate::ingest::baseline::{TrackError, start_tracking};
+use crate::rpc::RpcClient;
+use crate::store;
+use crate::store::watch::{AddOutcome, NewWatch};
 
 pub async fn run(config: &Path, cmd: WatchCommand) -> CmdResult {
     match cmd {
@@ -70,140 +66,43 @@ async fn add(
     rpc.verify_chain(&settings.rpc.chain_id)
         .await
         .context("checking the rpc node")?;
-
-    for _ in 0..CURSOR_RACE_ATTEMPTS {
-        let cursor = store::cursor(&pool)
-            .await
-            .context("reading the ingest cursor")?;
-        let mut reads = Vec::new();
-        for account in &accounts {
-            reads
-                .push(read_baseline(&rpc, account, cursor.as_ref(), &settings.rpc.chain_id).await?);
-        }
-        let missing: Vec<String> = accounts
-            .iter()
-            .zip(&reads)
-            .filter(|(_, b)| b.account.is_none())
-            .map(|(a, _)| a.to_string())
-            .collect();
-        if !missing.is_empty() && !allow_missing {
-            let at = cursor
-                .as_ref()
-                .map(|c| format!("block {}", c.height))
-                .unwrap_or_else(|| "the final block".into());
-            return Err(bad_input(format!(
-                "account(s) {} do not exist on {} at {at}; pass --allow-missing to watch them anyway",
-                missing.join(", "),
-                settings.rpc.chain_id
-            )));
-        }
-        let mut tx = pool.begin().await.context("starting a transaction")?;
-        let locked = store::lock_cursor(&mut tx)
-            .await
-            .context("locking the ingest cursor")?;
-        if locked != cursor {
-            tracing::info!("the ingest cursor moved while reading baselines; reading them again");
-            continue;
-        }
-        let mut outcomes = Vec::new();
-        for (account, baseline) in accounts.iter().zip(&reads) {
-            let watch = NewWatch {
-                account_id: account.clone(),
-                label: label.clone(),
-                expected_keys: expected.clone(),
-                cold_keys: vec![],
-                allow_missing: baseline.account.is_none(),
-            };
-            let outcome = store::watch::add(
-                &mut tx,
-                &watch,
-                cursor.as_ref(),
-                cursor.as_ref().map(|_| baseline),
-            )
-            .await
-            .with_context(|| format!("adding {account}"))?;
-            outcomes.push((account, baseline, outcome));
-        }
-        tx.commit().await.context("committing the watch list")?;
-        for (account, baseline, outcome) in outcomes {
-            match outcome {
-                AddOutcome::Tracked { baseline_height } => println!(
-                    "watching {account}: baseline at block {baseline_height} with {} key(s){}",
-                    baseline.keys.len(),
-                    if baseline.account.is_none() {
-                        " (account does not exist yet)"
-                    } else {
-                        ""
-                    }
-                ),
-                AddOutcome::Pending => {
-                    println!("watching {account}: baseline will be read when ingestion starts")
+    let watches: Vec<NewWatch> = accounts
+        .into_iter()
+        .map(|account_id| NewWatch {
+            account_id,
+            label: label.clone(),
+            expected_keys: expected.clone(),
+            cold_keys: vec![],
+            allow_missing,
+        })
+        .collect();
+    let outcomes = start_tracking(&pool, &rpc, &settings.rpc.chain_id, &watches, allow_missing)
+        .await
+        .map_err(|e| match e {
+            TrackError::Missing { .. } => bad_input(e),
+            other => Failure::Other(other.into()),
+        })?;
+    for t in outcomes {
+        let account = &t.account;
+        match t.outcome {
+            AddOutcome::Tracked { baseline_height } => println!(
+                "watching {account}: baseline at block {baseline_height} with {} key(s){}",
+                t.keys,
+                if t.exists {
+                    ""
+                } else {
+                    " (account does not exist yet)"
                 }
-                AddOutcome::Updated => {
-                    println!("{account} was already watched: label and expected keys updated")
-                }
+            ),
+            AddOutcome::Pending => {
+                println!("watching {account}: baseline will be read when ingestion starts")
+            }
+            AddOutcome::Updated => {
+                println!("{account} was already watched: label and expected keys updated")
             }
         }
-        return Ok(());
     }
-    Err(Failure::Other(anyhow::anyhow!(
-        "the ingest cursor kept moving while reading baselines ({CURSOR_RACE_ATTEMPTS} attempts); try again"
-    )))
-}
-
-/// Reads an account's keys and balance at the cursor's block (or, with no
-/// cursor, only checks that it exists at the final block).
-async fn read_baseline(
-    rpc: &RpcClient,
-    account: &AccountId,
-    cursor: Option<&Cursor>,
-    chain: &str,
-) -> Result<Baseline, Failure> {
-    let block = match cursor {
-        Some(c) => {
-            BlockRef::Hash(crate::domain::CryptoHash::parse(&c.hash).context("stored cursor hash")?)
-        }
-        None => BlockRef::Final,
-    };
-    let gc_hint = |e: crate::rpc::RpcError| {
-        let hint = if e.is_garbage_collected() || e.is_unknown_block() {
-            " the rpc node no longer serves that block: configure an archival rpc url"
-        } else {
-            ""
-        };
-        Failure::Other(anyhow::Error::new(e).context(format!(
-                "reading the state of {account} on {chain} at {}{hint}",
-                cursor
-                    .map(|c| format!("the cursor's block {}", c.height))
-                    .unwrap_or_else(|| "the final block".into())
-            )))
-    };
-    let Some((state, _)) = rpc
-        .view_account_opt(&block, account)
-        .await
-        .map_err(gc_hint)?
-    else {
-        return Ok(Baseline {
-            account: None,
-            keys: vec![],
-        });
-    };
-    let keys = if cursor.is_some() {
-        let (entries, _) = rpc
-            .view_access_key_list(&block, account)
-            .await
-            .map_err(gc_hint)?;
-        entries
-            .into_iter()
-            .map(|e| (e.public_key, e.access_key.into()))
-            .collect()
-    } else {
-        vec![]
-    };
-    Ok(Baseline {
-        account: Some(state),
-        keys,
-    })
+    Ok(())
 }
 
 async fn remove(config: &Path, raw: &[String]) -> CmdResult {

@@ -74,6 +74,8 @@ pub struct AccountConfig {
     pub cold_keys: Vec<PublicKey>,
     /// Only the rules this account overrides, already merged over `[rules]`.
     pub rules: RuleSet,
+    /// Watch it even if it does not exist yet.
+    pub allow_missing: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,6 +408,7 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Setti
         let expected_keys = keys(p, &mut a, "expected_keys");
         let cold_keys = keys(p, &mut a, "cold_keys");
         let label = a.opt(p, "label");
+        let allow_missing = a.get(p, "allow_missing", false);
         let mut rf = a.table(p, "rules");
         let overrides = rules::read_overrides(p, &mut rf, &rules);
         rf.finish(p);
@@ -422,6 +425,7 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Setti
                 expected_keys,
                 cold_keys,
                 rules: overrides,
+                allow_missing,
             });
         }
     }

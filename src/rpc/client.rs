@@ -125,6 +125,22 @@ impl RpcClient {
         self.transport.call(BLOCK, &params(block, json!({}))).await
     }
 
+    /// One attempt at `block` on one configured url (to cross-check a
+    /// suspicious answer against another node).
+    pub async fn block_on(
+        &self,
+        url_index: usize,
+        block: &BlockRef,
+    ) -> Result<BlockView, RpcError> {
+        self.transport
+            .call_on(url_index, BLOCK, &params(block, json!({})))
+            .await
+    }
+
+    pub fn url_count(&self) -> usize {
+        self.transport.url_count()
+    }
+
     /// `changes` for the given accounts. Never sends an empty list: nodes
     /// short-circuit it with a fake all-ones block hash.
     pub async fn changes(

@@ -6,12 +6,90 @@
 //! values carrying the raw JSON. Malformed known shapes are errors.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use crate::domain::{
     AccessKey, AccountId, AccountState, BlockHeader, Cause, CauseKind, ChangeValue, CryptoHash,
     Permission, PublicKey, StateChange, Touched, TouchedKind, Yocto,
 };
+
+// ---- domain to wire (what a node sends; the simulator and raw storage use it)
+/// An `AccountView` as nearcore serializes it (no block fields).
+pub fn account_view(s: &AccountState) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("amount".into(), json!(s.amount.to_string()));
+    m.insert("code_hash".into(), json!(s.code_hash.as_str()));
+    m.insert("locked".into(), json!(s.locked.to_string()));
+    m.insert("storage_paid_at".into(), json!(0));
+    m.insert("storage_usage".into(), json!(s.storage_usage));
+    if let Some(h) = &s.global_contract_hash {
+        m.insert("global_contract_hash".into(), json!(h.as_str()));
+    }
+    if let Some(a) = &s.global_contract_account_id {
+        m.insert("global_contract_account_id".into(), json!(a.as_str()));
+    }
+    m
+}
+
+pub fn access_key_view(ak: &AccessKey) -> Value {
+    json!({"nonce": ak.nonce, "permission": ak.permission.to_json()})
+}
+
+fn cause_json(c: &Cause) -> Value {
+    let mut m = Map::new();
+    m.insert("type".into(), json!(c.kind.name()));
+    if let Some(h) = &c.tx_hash {
+        m.insert("tx_hash".into(), json!(h.as_str()));
+    }
+    if let Some(h) = &c.receipt_hash {
+        m.insert("receipt_hash".into(), json!(h.as_str()));
+    }
+    Value::Object(m)
+}
+
+/// keywatch keeps no contract code: an empty wasm module stands in for it.
+const CODE_BASE64: &str = "AGFzbQEAAAA=";
+
+/// One `changes` entry, `{cause, type, change}`, exactly as a node sends it.
+pub fn change_json(c: &StateChange) -> Value {
+    let change = match &c.value {
+        ChangeValue::AccountUpdate { account_id, state } => {
+            let mut m = account_view(state);
+            m.insert("account_id".into(), json!(account_id));
+            Value::Object(m)
+        }
+        ChangeValue::AccessKeyUpdate {
+            account_id,
+            public_key,
+            access_key,
+        } => {
+            json!({"account_id": account_id, "public_key": public_key.as_str(), "access_key": access_key_view(access_key)})
+        }
+        ChangeValue::AccessKeyDeletion {
+            account_id,
+            public_key,
+        } => json!({"account_id": account_id, "public_key": public_key.as_str()}),
+        ChangeValue::GasKeyNonceUpdate {
+            account_id,
+            public_key,
+            index,
+            nonce,
+        } => {
+            json!({"account_id": account_id, "public_key": public_key.as_str(), "index": index, "nonce": nonce})
+        }
+        ChangeValue::ContractCodeUpdate { account_id } => {
+            json!({"account_id": account_id, "code_base64": CODE_BASE64})
+        }
+        ChangeValue::AccountDeletion { account_id }
+        | ChangeValue::ContractCodeDeletion { account_id }
+        | ChangeValue::DataUpdate { account_id }
+        | ChangeValue::DataDeletion { account_id } => json!({"account_id": account_id}),
+        ChangeValue::Unknown { raw, .. } => return raw.clone(),
+    };
+    json!({"cause": cause_json(&c.cause), "type": c.value.type_name(), "change": change})
+}
+
+// ---- wire to domain
 
 fn from_value<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, String> {
     serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))

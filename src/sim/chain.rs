@@ -857,6 +857,19 @@ impl Chain {
         self.by_height.get(&h).map(|i| &self.blocks[*i])
     }
 
+    /// Rewrites a stored block (tests: a node that lies). The block keeps
+    /// its place; its hash index is updated.
+    pub fn tamper(&mut self, height: u64, f: impl FnOnce(&mut SimBlock)) -> bool {
+        let Some(idx) = self.by_height.get(&height).copied() else {
+            return false;
+        };
+        self.by_hash.remove(self.blocks[idx].header.hash.as_str());
+        f(&mut self.blocks[idx]);
+        self.by_hash
+            .insert(self.blocks[idx].header.hash.to_string(), idx);
+        true
+    }
+
     pub fn block_by_hash(&self, hash: &str) -> Option<&SimBlock> {
         self.by_hash.get(hash).map(|i| &self.blocks[*i])
     }

@@ -165,6 +165,11 @@ impl Simulator {
         lock(&self.inner).faults.requests
     }
 
+    /// Rewrites a produced block: a node that lies, for tests.
+    pub fn tamper(&self, height: u64, f: impl FnOnce(&mut SimBlock)) -> bool {
+        lock(&self.inner).chain.tamper(height, f)
+    }
+
     /// Reads the chain (ground truth) under the lock.
     pub fn with_chain<R>(&self, f: impl FnOnce(&Chain) -> R) -> R {
         f(&lock(&self.inner).chain)

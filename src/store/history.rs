@@ -7,29 +7,37 @@ use crate::domain::{AccountId, AccountState, Cause, Yocto};
 use crate::store::StoreError;
 use crate::store::convert::{height_to_i64, i64_to_height, numeric_to_yocto, yocto_to_numeric};
 
-/// Inserts a balance history row; `state: None` records the account's deletion.
-#[allow(clippy::too_many_arguments)]
+/// One row of `balance_events`; `state: None` records the account's deletion.
+pub struct BalanceRow<'a> {
+    pub account_id: &'a AccountId,
+    pub block_hash: &'a str,
+    pub block_height: u64,
+    pub index_in_block: i32,
+    pub state: Option<&'a AccountState>,
+    pub cause: Option<&'a Cause>,
+    pub source: &'a str,
+    /// The write set a new code_hash or a global contract.
+    pub contract_changed: bool,
+}
+
+/// Inserts a balance history row; a replay of the same row is a no-op.
 pub async fn insert_balance_row(
     tx: &mut PgConnection,
-    account: &AccountId,
-    block_hash: &str,
-    block_height: u64,
-    index_in_block: i32,
-    state: Option<&AccountState>,
-    cause: Option<&Cause>,
-    source: &str,
+    row: &BalanceRow<'_>,
 ) -> Result<bool, StoreError> {
+    let state = row.state;
+    let cause = row.cause;
     let result = sqlx::query(
         "insert into balance_events (account_id, block_height, block_hash, index_in_block, amount, locked,
             storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted, cause,
-            tx_hash, receipt_hash, source)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            tx_hash, receipt_hash, source, contract_changed)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          on conflict on constraint balance_events_natural_key do nothing",
     )
-    .bind(account.as_str())
-    .bind(height_to_i64("block height", block_height)?)
-    .bind(block_hash)
-    .bind(index_in_block)
+    .bind(row.account_id.as_str())
+    .bind(height_to_i64("block height", row.block_height)?)
+    .bind(row.block_hash)
+    .bind(row.index_in_block)
     .bind(state.map(|s| yocto_to_numeric(s.amount)))
     .bind(state.map(|s| yocto_to_numeric(s.locked)))
     .bind(state.map(|s| height_to_i64("storage usage", s.storage_usage)).transpose()?)
@@ -40,7 +48,8 @@ pub async fn insert_balance_row(
     .bind(cause.map(|c| c.kind.name().to_owned()))
     .bind(cause.and_then(|c| c.tx_hash.as_ref()).map(|h| h.as_str().to_owned()))
     .bind(cause.and_then(|c| c.receipt_hash.as_ref()).map(|h| h.as_str().to_owned()))
-    .bind(source)
+    .bind(row.source)
+    .bind(row.contract_changed)
     .execute(&mut *tx)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -227,4 +236,54 @@ pub async fn history(
     }
     out.sort_by_key(HistoryEntry::sort_key);
     Ok(out)
+}
+
+/// The end-of-block state of a watched account: `None` if unknown,
+/// `Some(None)` if deleted.
+pub async fn load_account(
+    conn: &mut PgConnection,
+    account: &AccountId,
+) -> Result<Option<Option<AccountState>>, StoreError> {
+    type Row = (
+        Option<BigDecimal>,
+        Option<BigDecimal>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "select amount, locked, storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted
+         from current_accounts where account_id = $1",
+    )
+    .bind(account.as_str())
+    .fetch_optional(conn)
+    .await?;
+    let Some((amount, locked, storage, code, gch, gca, deleted)) = row else {
+        return Ok(None);
+    };
+    if deleted {
+        return Ok(Some(None));
+    }
+    let bad =
+        |what: &str| StoreError::Invalid(format!("stored state of {account} has a bad {what}"));
+    let hash =
+        |h: Option<String>, what: &str| -> Result<Option<crate::domain::CryptoHash>, StoreError> {
+            h.map(|h| crate::domain::CryptoHash::parse(&h).map_err(|_| bad(what)))
+                .transpose()
+        };
+    Ok(Some(Some(AccountState {
+        amount: numeric_to_yocto("amount", amount.as_ref().ok_or_else(|| bad("amount"))?)?,
+        locked: numeric_to_yocto("locked", locked.as_ref().ok_or_else(|| bad("locked"))?)?,
+        storage_usage: i64_to_height(
+            "storage usage",
+            storage.ok_or_else(|| bad("storage usage"))?,
+        )?,
+        code_hash: hash(code, "code hash")?.ok_or_else(|| bad("code hash"))?,
+        global_contract_hash: hash(gch, "global contract hash")?,
+        global_contract_account_id: gca
+            .map(|a| AccountId::parse(&a).map_err(|_| bad("global contract account")))
+            .transpose()?,
+    })))
 }

@@ -284,3 +284,56 @@ pub async fn keys_at(
         .map(KeyRead::into_info)
         .collect::<Result<_, _>>()?)
 }
+
+/// The current key set of an account, as the ingest judges writes against it.
+pub async fn load_state(
+    conn: &mut PgConnection,
+    account: &AccountId,
+) -> Result<std::collections::BTreeMap<PublicKey, AccessKey>, StoreError> {
+    let rows: Vec<(String, serde_json::Value, BigDecimal)> = sqlx::query_as(
+        "select public_key, permission_raw, nonce from key_state where account_id = $1",
+    )
+    .bind(account.as_str())
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(key, raw, nonce)| {
+            let bad =
+                |e: String| StoreError::Invalid(format!("stored key {key} of {account}: {e}"));
+            let public_key = PublicKey::parse(&key).map_err(|e| bad(e.to_string()))?;
+            let permission = crate::rpc::views::permission_from_json(raw).map_err(bad)?;
+            Ok((
+                public_key,
+                AccessKey {
+                    nonce: numeric_to_u64("nonce", &nonce)?,
+                    permission,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Records a change of a type this version does not know, whole.
+pub async fn insert_unknown_change(
+    tx: &mut PgConnection,
+    account: Option<&AccountId>,
+    block_height: u64,
+    block_hash: &str,
+    index_in_block: i32,
+    change_type: &str,
+    raw: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into unknown_changes (account_id, block_height, block_hash, index_in_block, change_type, raw)
+         values ($1, $2, $3, $4, $5, $6) on conflict on constraint unknown_changes_natural_key do nothing",
+    )
+    .bind(account.map(AccountId::as_str))
+    .bind(height_to_i64("block height", block_height)?)
+    .bind(block_hash)
+    .bind(index_in_block)
+    .bind(change_type)
+    .bind(raw)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

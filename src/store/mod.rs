@@ -65,10 +65,16 @@ pub async fn cursor(exec: impl sqlx::PgExecutor<'_>) -> Result<Option<Cursor>, S
     .transpose()
 }
 
-/// Locks the cursor row for the rest of the transaction, so that the
-/// follower cannot advance past a baseline being written (and vice versa).
+/// Key of the transaction-scoped advisory lock that serializes everything
+/// that reads or moves the cursor ("kw" in ASCII, an arbitrary constant).
+const CURSOR_LOCK: i64 = 0x6b77;
+
+/// Locks the cursor for the rest of the transaction, so that the follower
+/// cannot advance past a baseline being written (and vice versa). An
+/// advisory lock, so it also serializes the creation of the first cursor.
 pub async fn lock_cursor(tx: &mut sqlx::PgConnection) -> Result<Option<Cursor>, StoreError> {
-    sqlx::query("select 1 from ingest_cursor where id = 1 for update")
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(CURSOR_LOCK)
         .execute(&mut *tx)
         .await?;
     cursor(&mut *tx).await

@@ -171,17 +171,17 @@ pub async fn write_baseline(
         crate::store::keys::upsert_key_state(tx, account, key, access_key, at.height).await?;
     }
     if let Some(state) = &baseline.account {
-        crate::store::history::insert_balance_row(
-            tx,
-            account,
-            &at.hash,
-            at.height,
-            0,
-            Some(state),
-            None,
+        let row = crate::store::history::BalanceRow {
+            account_id: account,
+            block_hash: &at.hash,
+            block_height: at.height,
+            index_in_block: 0,
+            state: Some(state),
+            cause: None,
             source,
-        )
-        .await?;
+            contract_changed: false,
+        };
+        crate::store::history::insert_balance_row(tx, &row).await?;
         crate::store::history::upsert_account_state(tx, account, Some(state), at.height).await?;
     }
     Ok(())
@@ -260,4 +260,47 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<WatchedAccount>, StoreE
             })
         })
         .collect()
+}
+
+/// Accounts whose history is being followed (their baseline is written).
+pub async fn tracked(
+    conn: &mut PgConnection,
+) -> Result<std::collections::BTreeSet<AccountId>, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "select account_id from watched_accounts where baseline_height is not null",
+    )
+    .fetch_all(conn)
+    .await?;
+    ids.iter()
+        .map(|id| {
+            AccountId::parse(id)
+                .map_err(|e| StoreError::Invalid(format!("stored watch list entry: {e}")))
+        })
+        .collect()
+}
+
+/// Accounts waiting for a baseline (added before any cursor existed).
+pub async fn pending(conn: &mut PgConnection) -> Result<Vec<AccountId>, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "select account_id from watched_accounts where baseline_height is null order by account_id",
+    )
+    .fetch_all(conn)
+    .await?;
+    ids.iter()
+        .map(|id| {
+            AccountId::parse(id)
+                .map_err(|e| StoreError::Invalid(format!("stored watch list entry: {e}")))
+        })
+        .collect()
+}
+
+/// Ends every open tracking span at `height` (history after it is a gap).
+pub async fn close_spans(tx: &mut PgConnection, height: u64) -> Result<(), StoreError> {
+    sqlx::query(
+        "update tracking_spans set to_height = $1 where to_height is null and from_height <= $1",
+    )
+    .bind(height_to_i64("height", height)?)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+pub mod ingest;
 mod parsers;
 mod rpc_client;
 pub mod samples;

@@ -4,7 +4,9 @@ use keywatch::domain::{
     AccessKey, AccountId, AccountState, BlockHeader, Cause, CauseKind, CryptoHash, Permission,
     PublicKey, Yocto,
 };
-use keywatch::store::history::{HistoryEntry, history, insert_balance_row, upsert_account_state};
+use keywatch::store::history::{
+    BalanceRow, HistoryEntry, history, insert_balance_row, upsert_account_state,
+};
 use keywatch::store::keys::{
     KeyRow, KeysAtError, delete_key_state, insert_key_row, keys_at, keys_now, upsert_key_state,
 };
@@ -152,18 +154,18 @@ async fn u128_max_and_zero_round_trip_as_amounts(pool: PgPool) {
     )
     .await;
     let mut tx = pool.begin().await.unwrap();
-    insert_balance_row(
-        &mut tx,
-        &id,
-        &header(5).hash.to_string(),
-        5,
-        1,
-        Some(&state(0)),
-        None,
-        "reconcile",
-    )
-    .await
-    .unwrap();
+    let hash5 = header(5).hash.to_string();
+    let row = BalanceRow {
+        account_id: &id,
+        block_hash: &hash5,
+        block_height: 5,
+        index_in_block: 1,
+        state: Some(&state(0)),
+        cause: None,
+        source: "reconcile",
+        contract_changed: false,
+    };
+    insert_balance_row(&mut tx, &row).await.unwrap();
     tx.commit().await.unwrap();
 
     let mut conn = pool.acquire().await.unwrap();

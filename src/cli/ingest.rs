@@ -1,0 +1,194 @@
+//! `keywatch run`, `backfill` and `reconcile`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::{
+    CmdResult, Failure, bad_input, connect, load_settings, parse_account, shutdown_signal,
+};
+use crate::config::{Settings, StartAt};
+use crate::ingest::IngestError;
+use crate::ingest::baseline::{TrackError, init_cursor, start_tracking};
+use crate::ingest::follower::{FollowOptions, follow};
+use crate::rpc::RpcClient;
+use crate::store::watch::NewWatch;
+
+fn ingest_failure(e: IngestError) -> Failure {
+    Failure::Other(anyhow::Error::new(e))
+}
+
+/// Connects, checks the chain, and upserts the config's accounts.
+async fn prepare(settings: &Settings) -> Result<(sqlx::PgPool, RpcClient), Failure> {
+    let pool = connect(settings).await?;
+    let rpc = RpcClient::new(settings.rpc.client.clone()).map_err(bad_input)?;
+    rpc.verify_chain(&settings.rpc.chain_id)
+        .await
+        .context("checking the rpc node")?;
+    for allow_missing in [false, true] {
+        let watches: Vec<NewWatch> = settings
+            .accounts
+            .iter()
+            .filter(|a| a.allow_missing == allow_missing)
+            .map(|a| NewWatch {
+                account_id: a.id.clone(),
+                label: a.label.clone(),
+                expected_keys: a.expected_keys.clone(),
+                cold_keys: a.cold_keys.clone(),
+                allow_missing,
+            })
+            .collect();
+        if watches.is_empty() {
+            continue;
+        }
+        start_tracking(&pool, &rpc, &settings.rpc.chain_id, &watches, allow_missing)
+            .await
+            .map_err(|e| match e {
+                TrackError::Missing { .. } => bad_input(format!(
+                    "{e} (set allow_missing = true on the [[accounts]] entry)"
+                )),
+                other => Failure::Other(other.into()),
+            })?;
+    }
+    Ok((pool, rpc))
+}
+
+fn follow_options(settings: &Settings, base: FollowOptions) -> FollowOptions {
+    FollowOptions {
+        poll_interval: settings.ingest.poll_interval,
+        concurrency: settings.rpc.concurrency,
+        accounts_per_request: settings.ingest.accounts_per_request,
+        ..base
+    }
+}
+
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        match shutdown_signal().await {
+            Ok(()) => tracing::info!("stopping after the current block"),
+            Err(e) => tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL"),
+        }
+        // The receiver is gone only when following already ended.
+        tx.send_replace(true);
+    });
+    rx
+}
+
+pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) -> CmdResult {
+    let settings = load_settings(config)?;
+    let (pool, rpc) = prepare(&settings).await?;
+    let existing = crate::store::cursor(&pool)
+        .await
+        .context("reading the cursor")?;
+    if let (Some(c), StartAt::Height(h)) = (&existing, settings.ingest.start)
+        && c.height + 1 != h
+    {
+        tracing::warn!(
+            cursor = c.height,
+            start = h,
+            "ingest.start is ignored: the cursor wins"
+        );
+    }
+    let cursor = init_cursor(&pool, &rpc, settings.ingest.start)
+        .await
+        .map_err(ingest_failure)?;
+    tracing::info!(cursor = cursor.height, "following the chain");
+    let summary = follow(
+        &pool,
+        &rpc,
+        &follow_options(&settings, opts),
+        stop_on_signal(),
+    )
+    .await
+    .map_err(ingest_failure)?;
+    // No delivery channel exists in this version; nothing to drain yet.
+    let _ = drain_timeout;
+    println!(
+        "stopped at block {} ({} blocks, {} key rows, {} balance rows)",
+        summary.last_height, summary.blocks, summary.key_rows, summary.balance_rows
+    );
+    Ok(())
+}
+
+pub async fn backfill(config: &Path, from: u64, to: Option<u64>) -> CmdResult {
+    if to.is_some_and(|t| t < from) {
+        return Err(bad_input(format!(
+            "--to {} is below --from {from}",
+            to.unwrap_or_default()
+        )));
+    }
+    let settings = load_settings(config)?;
+    let (pool, rpc) = prepare(&settings).await?;
+    match crate::store::cursor(&pool)
+        .await
+        .context("reading the cursor")?
+    {
+        // An interrupted backfill resumes where it stopped.
+        Some(c) if c.height + 1 >= from => {
+            tracing::info!(cursor = c.height, "resuming from the cursor")
+        }
+        Some(c) => {
+            return Err(bad_input(format!(
+                "the database already has history up to block {}; backfill only starts a new history (or resumes one at or after --from {from})",
+                c.height
+            )));
+        }
+        None => {}
+    }
+    init_cursor(&pool, &rpc, StartAt::Height(from))
+        .await
+        .map_err(ingest_failure)?;
+    let base = FollowOptions {
+        until_height: to,
+        exit_when_caught_up: to.is_none(),
+        progress: true,
+        ..Default::default()
+    };
+    let summary = follow(
+        &pool,
+        &rpc,
+        &follow_options(&settings, base),
+        stop_on_signal(),
+    )
+    .await
+    .map_err(ingest_failure)?;
+    println!(
+        "backfilled to block {} ({} blocks, {} key rows, {} balance rows)",
+        summary.last_height, summary.blocks, summary.key_rows, summary.balance_rows
+    );
+    Ok(())
+}
+
+pub async fn reconcile(config: &Path, raw: &[String]) -> CmdResult {
+    let accounts = raw
+        .iter()
+        .map(|a| parse_account(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let settings = load_settings(config)?;
+    let pool = connect(&settings).await?;
+    let rpc = RpcClient::new(settings.rpc.client.clone()).map_err(bad_input)?;
+    rpc.verify_chain(&settings.rpc.chain_id)
+        .await
+        .context("checking the rpc node")?;
+    let report = crate::ingest::reconcile::reconcile(&pool, &rpc, &accounts)
+        .await
+        .map_err(ingest_failure)?;
+    for d in &report.differences {
+        println!("drift on {}: {}", d.account, d.what);
+    }
+    if report.differences.is_empty() {
+        println!(
+            "no drift: {} account(s) match the chain at block {}",
+            report.accounts, report.height
+        );
+        Ok(())
+    } else {
+        Err(Failure::Other(anyhow::anyhow!(
+            "{} difference(s) at block {}, recorded as reconcile rows and corrected",
+            report.differences.len(),
+            report.height
+        )))
+    }
+}

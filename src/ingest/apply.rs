@@ -1,0 +1,248 @@
+//! One block, one transaction: every write of every watched account the
+//! block touched, judged against the state just before it, the end-of-block
+//! state, and the cursor advance, committed together under the cursor lock.
+//!
+//! Each key write is `added` when the key did not exist just before it (the
+//! state before the block plus the earlier writes of the same key in this
+//! block), else `updated`; a delete and re-add in one block is `deleted`
+//! then `added`. Natural unique keys make a replayed block a no-op, and a
+//! block whose parent is not the cursor is never applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::PgPool;
+
+use crate::domain::{AccessKey, AccountId, AccountState, ChangeValue, PublicKey, StateChange};
+use crate::ingest::IngestError;
+use crate::ingest::fetch::BlockData;
+use crate::store;
+use crate::store::history::{BalanceRow, insert_balance_row, load_account, upsert_account_state};
+use crate::store::keys::{
+    KeyRow, delete_key_state, insert_key_row, insert_unknown_change, load_state, upsert_key_state,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Committed, with the number of key and balance rows written.
+    Block {
+        key_rows: usize,
+        balance_rows: usize,
+    },
+    /// The cursor is already at or past this block: nothing to do.
+    AlreadyApplied,
+    /// Accounts were added to the watch list since the block was fetched
+    /// and the block touched them: fetch again with the current watch list.
+    Refetch(BTreeSet<AccountId>),
+}
+
+fn writes_of<'a>(
+    list: &'a [StateChange],
+    account: &'a AccountId,
+) -> impl Iterator<Item = &'a StateChange> + 'a {
+    list.iter()
+        .filter(move |c| c.value.account_id() == Some(account))
+}
+
+pub async fn apply_block(pool: &PgPool, data: &BlockData) -> Result<Applied, IngestError> {
+    let h = &data.header;
+    let mut tx = pool.begin().await?;
+    let cursor = store::lock_cursor(&mut tx)
+        .await?
+        .ok_or_else(|| IngestError::Invalid("no cursor: ingestion was not started".into()))?;
+    if cursor.hash != h.prev_hash.as_str() {
+        if cursor.height >= h.height {
+            return Ok(Applied::AlreadyApplied);
+        }
+        return Err(IngestError::Invalid(format!(
+            "block {} ({}) does not follow the cursor {} ({}); another process may be ingesting into this database",
+            h.height, h.hash, cursor.height, cursor.hash
+        )));
+    }
+    let watched = store::watch::tracked(&mut tx).await?;
+    let missed: BTreeSet<AccountId> = data
+        .touched_in(&watched)
+        .filter(|a| !data.fetched_for.contains(*a))
+        .cloned()
+        .collect();
+    if !missed.is_empty() {
+        return Ok(Applied::Refetch(missed));
+    }
+    store::insert_block(&mut tx, h).await?;
+    let mut key_rows = 0;
+    let mut balance_rows = 0;
+    let accounts: BTreeSet<&AccountId> = data
+        .key_changes
+        .iter()
+        .chain(&data.account_changes)
+        .filter_map(|c| c.value.account_id())
+        .filter(|a| watched.contains(*a))
+        .collect();
+    for account in accounts {
+        let deleted_here = writes_of(&data.account_changes, account)
+            .any(|c| matches!(c.value, ChangeValue::AccountDeletion { .. }));
+        key_rows += apply_key_writes(&mut tx, data, account, deleted_here).await?;
+        balance_rows += apply_account_writes(&mut tx, data, account).await?;
+    }
+    store::advance_cursor(&mut tx, h).await?;
+    tx.commit().await?;
+    Ok(Applied::Block {
+        key_rows,
+        balance_rows,
+    })
+}
+
+async fn apply_key_writes(
+    tx: &mut sqlx::PgConnection,
+    data: &BlockData,
+    account: &AccountId,
+    deleted_here: bool,
+) -> Result<usize, IngestError> {
+    let h = &data.header;
+    let writes: Vec<&StateChange> = writes_of(&data.key_changes, account).collect();
+    if writes.is_empty() {
+        return Ok(0);
+    }
+    let mut state: BTreeMap<PublicKey, AccessKey> = load_state(tx, account).await?;
+    let mut touched: BTreeSet<PublicKey> = BTreeSet::new();
+    let mut deleted_in_block: BTreeSet<PublicKey> = BTreeSet::new();
+    let hash = h.hash.to_string();
+    for (index, w) in writes.iter().enumerate() {
+        let index = index as i32;
+        let row = |public_key, action, access_key, nonce_slot, by_account_deletion| KeyRow {
+            account_id: account,
+            public_key,
+            block_height: h.height,
+            block_hash: &hash,
+            index_in_block: index,
+            action,
+            access_key,
+            nonce_slot,
+            cause: Some(&w.cause),
+            source: "chain",
+            by_account_deletion,
+        };
+        match &w.value {
+            ChangeValue::AccessKeyUpdate {
+                public_key,
+                access_key,
+                ..
+            } => {
+                let action = if state.contains_key(public_key) {
+                    "updated"
+                } else {
+                    "added"
+                };
+                insert_key_row(tx, &row(public_key, action, Some(access_key), None, false)).await?;
+                state.insert(public_key.clone(), access_key.clone());
+                touched.insert(public_key.clone());
+            }
+            ChangeValue::AccessKeyDeletion { public_key, .. } => {
+                insert_key_row(tx, &row(public_key, "deleted", None, None, deleted_here)).await?;
+                state.remove(public_key);
+                touched.insert(public_key.clone());
+                deleted_in_block.insert(public_key.clone());
+            }
+            ChangeValue::GasKeyNonceUpdate {
+                public_key,
+                index: slot,
+                nonce,
+                ..
+            } => {
+                insert_key_row(
+                    tx,
+                    &row(public_key, "nonce_slot", None, Some((*slot, *nonce)), false),
+                )
+                .await?;
+            }
+            other => {
+                let raw = crate::rpc::views::change_json(w);
+                insert_unknown_change(
+                    tx,
+                    Some(account),
+                    h.height,
+                    &hash,
+                    index,
+                    other.type_name(),
+                    &raw,
+                )
+                .await?;
+            }
+        }
+    }
+    for key in &touched {
+        match state.get(key) {
+            Some(ak) => {
+                // re-added in this block: a new key, with a new added_at
+                if deleted_in_block.contains(key) {
+                    delete_key_state(tx, account, key).await?;
+                }
+                upsert_key_state(tx, account, key, ak, h.height).await?;
+            }
+            None => delete_key_state(tx, account, key).await?,
+        }
+    }
+    Ok(writes.len())
+}
+
+fn contract_of(s: &AccountState) -> (&str, Option<&str>, Option<&str>) {
+    (
+        s.code_hash.as_str(),
+        s.global_contract_hash.as_ref().map(|h| h.as_str()),
+        s.global_contract_account_id.as_ref().map(|a| a.as_str()),
+    )
+}
+
+async fn apply_account_writes(
+    tx: &mut sqlx::PgConnection,
+    data: &BlockData,
+    account: &AccountId,
+) -> Result<usize, IngestError> {
+    let h = &data.header;
+    let writes: Vec<&StateChange> = writes_of(&data.account_changes, account).collect();
+    if writes.is_empty() {
+        return Ok(0);
+    }
+    // The state just before each write: None = unknown or absent.
+    let mut before: Option<AccountState> = load_account(tx, account).await?.flatten();
+    let hash = h.hash.to_string();
+    for (index, w) in writes.iter().enumerate() {
+        let (state, contract_changed) = match &w.value {
+            ChangeValue::AccountUpdate { state, .. } => {
+                let changed = state.has_contract()
+                    && before
+                        .as_ref()
+                        .is_none_or(|b| contract_of(b) != contract_of(state));
+                (Some(state), changed)
+            }
+            ChangeValue::AccountDeletion { .. } => (None, false),
+            other => {
+                let raw = crate::rpc::views::change_json(w);
+                insert_unknown_change(
+                    tx,
+                    Some(account),
+                    h.height,
+                    &hash,
+                    index as i32,
+                    other.type_name(),
+                    &raw,
+                )
+                .await?;
+                continue;
+            }
+        };
+        let row = BalanceRow {
+            account_id: account,
+            block_hash: &hash,
+            block_height: h.height,
+            index_in_block: index as i32,
+            state,
+            cause: Some(&w.cause),
+            source: "chain",
+            contract_changed,
+        };
+        insert_balance_row(tx, &row).await?;
+        before = state.cloned();
+    }
+    upsert_account_state(tx, account, before.as_ref(), h.height).await?;
+    Ok(writes.len())
+}

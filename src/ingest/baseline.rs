@@ -1,0 +1,298 @@
+//! Starting to track accounts: the baseline (keys and balance) is read at
+//! exactly the cursor's block and written in a transaction that holds the
+//! cursor lock, so no change can fall between baseline and follow. With no
+//! cursor yet, the first cursor is created here, at the parent of the first
+//! block to process, with the baselines of every waiting account.
+
+use std::collections::BTreeMap;
+
+use sqlx::PgPool;
+
+use crate::config::StartAt;
+use crate::domain::{AccountId, BlockHeader, CryptoHash};
+use crate::ingest::IngestError;
+use crate::rpc::{BlockRef, RpcClient};
+use crate::store::watch::{AddOutcome, Baseline, NewWatch};
+use crate::store::{self, Cursor};
+
+/// Attempts to catch the cursor still: the follower commits a block about
+/// every 0.6 s, and reading a baseline takes a few requests.
+const CURSOR_RACE_ATTEMPTS: usize = 10;
+
+/// Reads an account's keys (every page) and balance at `block`; an account
+/// that does not exist there has an empty baseline.
+pub async fn read_baseline(
+    rpc: &RpcClient,
+    block: &BlockRef,
+    account: &AccountId,
+) -> Result<Baseline, IngestError> {
+    let Some((state, _)) = rpc.view_account_opt(block, account).await? else {
+        return Ok(Baseline {
+            account: None,
+            keys: vec![],
+        });
+    };
+    let (entries, _) = rpc.view_access_key_list(block, account).await?;
+    Ok(Baseline {
+        account: Some(state),
+        keys: entries
+            .into_iter()
+            .map(|e| (e.public_key, e.access_key.into()))
+            .collect(),
+    })
+}
+
+fn cursor_ref(c: &Cursor) -> Result<BlockRef, IngestError> {
+    CryptoHash::parse(&c.hash)
+        .map(BlockRef::Hash)
+        .map_err(|e| IngestError::Invalid(format!("stored cursor hash: {e}")))
+}
+
+/// Why accounts could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    #[error("account(s) {} do not exist on {chain} at {at}; pass --allow-missing to watch them anyway", .missing.join(", "))]
+    Missing {
+        missing: Vec<String>,
+        chain: String,
+        at: String,
+    },
+    #[error("reading the state of {account} at {at}: {source}{}", if source.is_garbage_collected() || source.is_unknown_block() { "; the rpc node no longer serves that block: configure an archival rpc url" } else { "" })]
+    Rpc {
+        account: AccountId,
+        at: String,
+        #[source]
+        source: crate::rpc::RpcError,
+    },
+    #[error(
+        "the ingest cursor kept moving while reading baselines ({CURSOR_RACE_ATTEMPTS} attempts); try again"
+    )]
+    Busy,
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+/// One account `start_tracking` handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    pub account: AccountId,
+    /// Keys found at the baseline.
+    pub keys: usize,
+    pub exists: bool,
+    pub outcome: AddOutcome,
+}
+
+/// Adds (or updates) watched accounts, each with a baseline at the cursor's
+/// block; with no cursor, only checks they exist and leaves the baseline to
+/// the first cursor. Nothing is written if any account is missing and
+/// `allow_missing` is false.
+pub async fn start_tracking(
+    pool: &PgPool,
+    rpc: &RpcClient,
+    chain: &str,
+    watches: &[NewWatch],
+    allow_missing: bool,
+) -> Result<Vec<Tracked>, TrackError> {
+    for _ in 0..CURSOR_RACE_ATTEMPTS {
+        let cursor = store::cursor(pool).await.map_err(IngestError::from)?;
+        let (block, at) = match &cursor {
+            Some(c) => (cursor_ref(c)?, format!("block {}", c.height)),
+            None => (BlockRef::Final, "the final block".to_owned()),
+        };
+        let mut reads = Vec::new();
+        for w in watches {
+            let read = match &cursor {
+                Some(_) => read_baseline(rpc, &block, &w.account_id).await,
+                None => rpc
+                    .view_account_opt(&block, &w.account_id)
+                    .await
+                    .map(|s| Baseline {
+                        account: s.map(|(s, _)| s),
+                        keys: vec![],
+                    })
+                    .map_err(IngestError::from),
+            };
+            reads.push(read.map_err(|e| match e {
+                IngestError::Rpc(source) => TrackError::Rpc {
+                    account: w.account_id.clone(),
+                    at: at.clone(),
+                    source,
+                },
+                other => TrackError::Ingest(other),
+            })?);
+        }
+        let missing: Vec<String> = watches
+            .iter()
+            .zip(&reads)
+            .filter(|(_, b)| b.account.is_none())
+            .map(|(w, _)| w.account_id.to_string())
+            .collect();
+        if !missing.is_empty() && !allow_missing {
+            return Err(TrackError::Missing {
+                missing,
+                chain: chain.to_owned(),
+                at,
+            });
+        }
+        let mut tx = pool.begin().await.map_err(IngestError::from)?;
+        if store::lock_cursor(&mut tx)
+            .await
+            .map_err(IngestError::from)?
+            != cursor
+        {
+            tracing::info!("the ingest cursor moved while reading baselines; reading them again");
+            continue;
+        }
+        let mut out = Vec::new();
+        for (w, baseline) in watches.iter().zip(&reads) {
+            let watch = NewWatch {
+                allow_missing: baseline.account.is_none(),
+                ..w.clone()
+            };
+            let outcome = store::watch::add(
+                &mut tx,
+                &watch,
+                cursor.as_ref(),
+                cursor.as_ref().map(|_| baseline),
+            )
+            .await
+            .map_err(IngestError::from)?;
+            out.push(Tracked {
+                account: w.account_id.clone(),
+                keys: baseline.keys.len(),
+                exists: baseline.account.is_some(),
+                outcome,
+            });
+        }
+        tx.commit().await.map_err(IngestError::from)?;
+        return Ok(out);
+    }
+    Err(TrackError::Busy)
+}
+
+/// Reads baselines for accounts still waiting for one (added before the
+/// first cursor, or while it was being created) at the current cursor.
+pub async fn ensure_baselines(pool: &PgPool, rpc: &RpcClient) -> Result<usize, IngestError> {
+    for _ in 0..CURSOR_RACE_ATTEMPTS {
+        let mut conn = pool.acquire().await?;
+        let pending = store::watch::pending(&mut conn).await?;
+        drop(conn);
+        let Some(cursor) = store::cursor(pool).await? else {
+            return Ok(0);
+        };
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let block = cursor_ref(&cursor)?;
+        let mut reads = Vec::new();
+        for account in &pending {
+            reads.push(read_baseline(rpc, &block, account).await?);
+        }
+        let mut tx = pool.begin().await?;
+        if store::lock_cursor(&mut tx).await? != Some(cursor.clone()) {
+            continue;
+        }
+        for (account, baseline) in pending.iter().zip(&reads) {
+            store::watch::write_baseline(&mut tx, account, &cursor, baseline, "baseline").await?;
+            tracing::info!(%account, height = cursor.height, keys = baseline.keys.len(), "baseline read");
+        }
+        tx.commit().await?;
+        return Ok(pending.len());
+    }
+    Err(IngestError::Invalid(
+        "the cursor kept moving while reading baselines".into(),
+    ))
+}
+
+/// The first existing block at or after `start`, and its parent.
+async fn first_block(
+    rpc: &RpcClient,
+    start: StartAt,
+) -> Result<(BlockHeader, BlockHeader), IngestError> {
+    let status = rpc.status().await?;
+    let final_head = rpc.block(&BlockRef::Final).await?.header;
+    let first = match start {
+        StartAt::Latest => final_head,
+        StartAt::Height(h) => {
+            let earliest = status.sync_info.earliest_block_height.unwrap_or(0);
+            if h < earliest {
+                return Err(IngestError::HistoryGone { next: h, earliest });
+            }
+            let mut found = None;
+            for height in h..=final_head.height.max(h) {
+                match rpc.block(&BlockRef::Height(height)).await {
+                    Ok(b) => {
+                        found = Some(b.header);
+                        break;
+                    }
+                    Err(e) if e.is_unknown_block() && height < final_head.height => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            found.ok_or_else(|| {
+                IngestError::Invalid(format!(
+                    "no block at or after {h} is final yet (final head {})",
+                    final_head.height
+                ))
+            })?
+        }
+    };
+    let parent = rpc
+        .block(&BlockRef::Hash(first.prev_hash.clone()))
+        .await?
+        .header;
+    if parent.hash != first.prev_hash {
+        return Err(IngestError::Invalid(format!(
+            "the node answered block {} when asked for {}",
+            parent.hash, first.prev_hash
+        )));
+    }
+    Ok((first, parent))
+}
+
+/// Creates the first cursor at the parent of the first block to process,
+/// with the baselines of every waiting account, in one transaction. Returns
+/// the cursor (the existing one when there already is one: a cursor wins).
+pub async fn init_cursor(
+    pool: &PgPool,
+    rpc: &RpcClient,
+    start: StartAt,
+) -> Result<Cursor, IngestError> {
+    if let Some(c) = store::cursor(pool).await? {
+        return Ok(c);
+    }
+    let (first, parent) = first_block(rpc, start).await?;
+    let at = BlockRef::Hash(parent.hash.clone());
+    let mut conn = pool.acquire().await?;
+    let pending = store::watch::pending(&mut conn).await?;
+    drop(conn);
+    let mut reads = BTreeMap::new();
+    for account in &pending {
+        reads.insert(account.clone(), read_baseline(rpc, &at, account).await?);
+    }
+    let mut tx = pool.begin().await?;
+    if let Some(c) = store::lock_cursor(&mut tx).await? {
+        return Ok(c);
+    }
+    store::insert_block(&mut tx, &parent).await?;
+    store::advance_cursor(&mut tx, &parent).await?;
+    let cursor = Cursor {
+        height: parent.height,
+        hash: parent.hash.to_string(),
+        timestamp_ns: parent.timestamp_ns,
+    };
+    // Accounts added while we read are picked up by ensure_baselines.
+    let still_pending = store::watch::pending(&mut tx).await?;
+    for account in still_pending.iter().filter(|a| reads.contains_key(*a)) {
+        store::watch::write_baseline(&mut tx, account, &cursor, &reads[account], "baseline")
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(
+        first = first.height,
+        cursor = parent.height,
+        accounts = reads.len(),
+        "ingestion starts"
+    );
+    Ok(cursor)
+}

@@ -1,0 +1,307 @@
+//! The loop behind `run` and `backfill`: read the final head, take the
+//! blocks after the cursor in chain order (fetched concurrently, applied
+//! strictly in order, one transaction each), pick up watch-list changes,
+//! and stop cleanly between transactions.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::ingest::IngestError;
+use crate::ingest::apply::{Applied, apply_block};
+use crate::ingest::baseline::{ensure_baselines, read_baseline};
+use crate::ingest::fetch::fetch_block;
+use crate::ingest::headers::next_headers;
+use crate::rpc::{BlockRef, RpcClient};
+use crate::store::{self, Cursor};
+
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    /// Stop once the cursor's height is at least this.
+    pub until_height: Option<u64>,
+    /// Stop at the final head seen when following starts.
+    pub exit_when_caught_up: bool,
+    /// Skip history the rpc can no longer serve (recorded as a gap).
+    pub accept_gap: bool,
+    pub poll_interval: Duration,
+    /// Blocks fetched at once.
+    pub concurrency: usize,
+    pub accounts_per_request: usize,
+    /// Show progress (a bar on a terminal, log lines otherwise).
+    pub progress: bool,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        FollowOptions {
+            until_height: None,
+            exit_when_caught_up: false,
+            accept_gap: false,
+            poll_interval: Duration::from_millis(500),
+            concurrency: 8,
+            accounts_per_request: 100,
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowSummary {
+    pub blocks: u64,
+    pub key_rows: u64,
+    pub balance_rows: u64,
+    pub last_height: u64,
+}
+
+struct Progress {
+    enabled: bool,
+    terminal: bool,
+    started: Instant,
+    last_report: Instant,
+    start_height: u64,
+}
+
+impl Progress {
+    fn report(&mut self, summary: &FollowSummary, target: u64, force: bool) {
+        if !self.enabled {
+            return;
+        }
+        let every = if self.terminal {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(10)
+        };
+        if !force && self.last_report.elapsed() < every {
+            return;
+        }
+        self.last_report = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = summary.blocks as f64 / secs;
+        let done = summary.last_height.saturating_sub(self.start_height);
+        let total = target.saturating_sub(self.start_height).max(1);
+        let left = target.saturating_sub(summary.last_height);
+        let eta = if rate > 0.0 {
+            humantime::format_duration(Duration::from_secs((left as f64 / rate) as u64)).to_string()
+        } else {
+            "?".into()
+        };
+        let line = format!(
+            "height {} / {target} ({:.1}%), {} blocks, {rate:.1} blocks/s, ETA {eta}",
+            summary.last_height,
+            100.0 * done as f64 / total as f64,
+            summary.blocks
+        );
+        if self.terminal {
+            eprint!("\r{line}   ");
+            if force {
+                eprintln!();
+            }
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+}
+
+/// Follows the chain from the cursor (which must exist; see
+/// [`crate::ingest::baseline::init_cursor`]) until told to stop.
+pub async fn follow(
+    pool: &PgPool,
+    rpc: &RpcClient,
+    opts: &FollowOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<FollowSummary, IngestError> {
+    let mut summary = FollowSummary::default();
+    let mut earliest = rpc
+        .status()
+        .await?
+        .sync_info
+        .earliest_block_height
+        .unwrap_or(0);
+    let mut caught_up_at: Option<u64> = None;
+    let first = store::cursor(pool)
+        .await?
+        .ok_or_else(|| IngestError::Invalid("no cursor: ingestion was not started".into()))?;
+    summary.last_height = first.height;
+    let mut progress = Progress {
+        enabled: opts.progress,
+        terminal: std::io::stderr().is_terminal(),
+        started: Instant::now(),
+        last_report: Instant::now(),
+        start_height: first.height,
+    };
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        ensure_baselines(pool, rpc).await?;
+        let cursor = store::cursor(pool)
+            .await?
+            .ok_or_else(|| IngestError::Invalid("the cursor disappeared".into()))?;
+        summary.last_height = cursor.height;
+        if opts.until_height.is_some_and(|u| cursor.height >= u) {
+            break;
+        }
+        if cursor.height + 1 < earliest {
+            earliest = rpc
+                .status()
+                .await?
+                .sync_info
+                .earliest_block_height
+                .unwrap_or(0);
+            if cursor.height + 1 < earliest {
+                if !opts.accept_gap {
+                    return Err(IngestError::HistoryGone {
+                        next: cursor.height + 1,
+                        earliest,
+                    });
+                }
+                skip_gap(pool, rpc, &cursor).await?;
+                continue;
+            }
+        }
+        let final_head = rpc.block(&BlockRef::Final).await?.header;
+        let target = *caught_up_at.get_or_insert(final_head.height);
+        if opts.exit_when_caught_up && cursor.height >= target {
+            break;
+        }
+        let limit = opts
+            .until_height
+            .map(|u| u.max(cursor.height + 1))
+            .unwrap_or(u64::MAX);
+        let window = (opts.concurrency as u64 * 4).min(limit.saturating_sub(cursor.height).max(1));
+        let headers = match next_headers(rpc, &cursor, &final_head, window, opts.concurrency).await
+        {
+            Ok(h) => h,
+            Err(e @ IngestError::Continuity { .. }) => {
+                // A parent we cannot find may be history the node dropped.
+                earliest = rpc
+                    .status()
+                    .await?
+                    .sync_info
+                    .earliest_block_height
+                    .unwrap_or(0);
+                if cursor.height + 1 < earliest {
+                    continue;
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if headers.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(opts.poll_interval) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let watched = {
+            let mut conn = pool.acquire().await?;
+            store::watch::tracked(&mut conn).await?
+        };
+        let per_request = opts.accounts_per_request;
+        let fetches = futures_util::stream::iter(headers)
+            .map(|h| {
+                let watched = watched.clone();
+                async move { fetch_block(rpc, h, &watched, per_request).await }
+            })
+            .buffered(opts.concurrency.max(1));
+        futures_util::pin_mut!(fetches);
+        while let Some(data) = fetches.next().await {
+            let mut data = data?;
+            loop {
+                match apply_block(pool, &data).await? {
+                    Applied::Block {
+                        key_rows,
+                        balance_rows,
+                    } => {
+                        summary.blocks += 1;
+                        summary.key_rows += key_rows as u64;
+                        summary.balance_rows += balance_rows as u64;
+                        summary.last_height = data.header.height;
+                        break;
+                    }
+                    Applied::AlreadyApplied => break,
+                    Applied::Refetch(missed) => {
+                        tracing::info!(
+                            height = data.header.height,
+                            accounts = missed.len(),
+                            "watch list changed: fetching the block again"
+                        );
+                        let mut conn = pool.acquire().await?;
+                        let now = store::watch::tracked(&mut conn).await?;
+                        data = fetch_block(rpc, data.header.clone(), &now, per_request).await?;
+                    }
+                }
+            }
+            progress.report(
+                &summary,
+                opts.until_height
+                    .unwrap_or(final_head.height)
+                    .max(summary.last_height),
+                false,
+            );
+            if *stop.borrow() || opts.until_height.is_some_and(|u| summary.last_height >= u) {
+                break;
+            }
+        }
+    }
+    progress.report(&summary, summary.last_height, true);
+    Ok(summary)
+}
+
+/// `--accept-gap`: records the heights that cannot be served, moves the
+/// cursor to the node's earliest block, and re-reads every baseline there
+/// (rows with source = 'reconcile'), closing the old tracking spans.
+async fn skip_gap(pool: &PgPool, rpc: &RpcClient, cursor: &Cursor) -> Result<(), IngestError> {
+    let status = rpc.status().await?;
+    let hash = status.sync_info.earliest_block_hash.ok_or_else(|| {
+        IngestError::Invalid("the node does not report its earliest block".into())
+    })?;
+    let new = rpc.block(&BlockRef::Hash(hash)).await?.header;
+    let at = BlockRef::Hash(new.hash.clone());
+    let tracked = {
+        let mut conn = pool.acquire().await?;
+        store::watch::tracked(&mut conn).await?
+    };
+    let mut reads = Vec::new();
+    for account in &tracked {
+        reads.push((account.clone(), read_baseline(rpc, &at, account).await?));
+    }
+    let mut tx = pool.begin().await?;
+    if store::lock_cursor(&mut tx).await?.as_ref() != Some(cursor) {
+        return Ok(());
+    }
+    sqlx::query("insert into ingest_gaps (from_height, to_height) values ($1, $2)")
+        .bind(crate::store::convert::height_to_i64(
+            "height",
+            cursor.height + 1,
+        )?)
+        .bind(crate::store::convert::height_to_i64(
+            "height",
+            new.height - 1,
+        )?)
+        .execute(&mut *tx)
+        .await?;
+    store::watch::close_spans(&mut tx, cursor.height).await?;
+    store::insert_block(&mut tx, &new).await?;
+    store::advance_cursor(&mut tx, &new).await?;
+    let new_cursor = Cursor {
+        height: new.height,
+        hash: new.hash.to_string(),
+        timestamp_ns: new.timestamp_ns,
+    };
+    for (account, baseline) in &reads {
+        store::watch::write_baseline(&mut tx, account, &new_cursor, baseline, "reconcile").await?;
+    }
+    tx.commit().await?;
+    tracing::error!(
+        from = cursor.height + 1,
+        to = new.height - 1,
+        "history the rpc no longer serves was skipped (--accept-gap); baselines re-read at {}",
+        new.height
+    );
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Ingestion (orchestration): follows the chain and records every access-key
+//! and balance write of every watched account, exactly once, block by block.
+//!
+//! - [`baseline`]: starting to track accounts, and the first cursor.
+//! - [`headers`]: which blocks come after the cursor, proven by `prev_hash`.
+//! - [`fetch`]: one block's changes for the watched accounts it touched.
+//! - [`apply`]: one block in one transaction, with the cursor advance.
+//! - [`follower`]: the loop behind `run` and `backfill`.
+//! - [`reconcile`]: stored state against the chain at the cursor.
+
+pub mod apply;
+pub mod baseline;
+pub mod fetch;
+pub mod follower;
+pub mod headers;
+pub mod reconcile;
+
+use crate::rpc::RpcError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Convert(#[from] crate::store::ConvertError),
+    #[error(
+        "block {height} ({hash}) names {got} as its parent, but the previous block is {expected}: \
+         the node's chain does not continue ours (checked on every rpc url); ingestion stopped with block {last} as the last one written"
+    )]
+    Continuity {
+        height: u64,
+        hash: String,
+        expected: String,
+        got: String,
+        last: u64,
+    },
+    #[error(
+        "the next block to ingest ({next}) is below the rpc node's history, which starts at {earliest}: \
+         heights {next}..{earliest} can no longer be served. Configure an archival rpc url in rpc.urls, \
+         or run with --accept-gap to record the gap, re-read every baseline at {earliest} and continue"
+    )]
+    HistoryGone { next: u64, earliest: u64 },
+    #[error(
+        "the node's final head ({height}) is {hash}, but our cursor at that height is {cursor}: the chains differ"
+    )]
+    Fork {
+        height: u64,
+        hash: String,
+        cursor: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
