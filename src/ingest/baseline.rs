@@ -121,12 +121,19 @@ pub async fn start_tracking(
                 other => TrackError::Ingest(other),
             })?);
         }
-        let missing: Vec<String> = watches
-            .iter()
-            .zip(&reads)
-            .filter(|(_, b)| b.account.is_none())
-            .map(|(w, _)| w.account_id.to_string())
-            .collect();
+        // Accounts already watched keep their history even once deleted.
+        let mut conn = pool.acquire().await.map_err(IngestError::from)?;
+        let mut missing = Vec::new();
+        for (w, b) in watches.iter().zip(&reads) {
+            if b.account.is_none()
+                && !store::watch::is_watched(&mut conn, &w.account_id)
+                    .await
+                    .map_err(IngestError::from)?
+            {
+                missing.push(w.account_id.to_string());
+            }
+        }
+        drop(conn);
         if !missing.is_empty() && !allow_missing {
             return Err(TrackError::Missing {
                 missing,

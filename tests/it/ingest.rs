@@ -707,3 +707,97 @@ async fn a_lying_prev_hash_stops_ingestion_with_a_clear_error(pool: PgPool) {
         .unwrap();
     assert_eq!(past, 0);
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_watched_account_deleted_on_chain_can_be_named_again(pool: PgPool) {
+    let sim = Simulator::start(big_scenario(60), SimOptions::default())
+        .await
+        .unwrap();
+    let rpc = client(&sim.url());
+    tracked_from_start(&pool, &sim, &rpc, &[1]).await;
+    sim.advance_to(START + 410); // acc1 is deleted at START + 400
+    follow(&pool, &rpc, &opts(), no_stop()).await.unwrap();
+    // `run` upserts its config accounts at every start
+    let again = start_tracking(&pool, &rpc, "localnet", &watch(&[1]), false)
+        .await
+        .unwrap();
+    assert_eq!(again[0].outcome, AddOutcome::Updated);
+    assert!(!again[0].exists);
+    // a new account that does not exist is still refused
+    let err = start_tracking(&pool, &rpc, "localnet", &watch(&[9]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("acc9.sim.near do not exist"),
+        "{err}"
+    );
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn reconcile_records_and_corrects_drift(pool: PgPool) {
+    let sim = Simulator::start(big_scenario(60), SimOptions::default())
+        .await
+        .unwrap();
+    let rpc = client(&sim.url());
+    tracked_from_start(&pool, &sim, &rpc, &[0, 2]).await;
+    follow(&pool, &rpc, &opts(), no_stop()).await.unwrap();
+    // corrupt the stored state: a key vanishes, another appears, a balance moves
+    let real = seeded_key(SEED, 1).to_string();
+    sqlx::query("delete from key_state where account_id = 'acc0.sim.near' and public_key = $1")
+        .bind(&real)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("insert into key_state select account_id, $1, permission, permission_raw, allowance, gas_key_balance, receiver_id, method_names, num_nonces, nonce, added_at_height, updated_at_height from key_state where account_id = 'acc2.sim.near' limit 1")
+        .bind(GAS_KEY)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update current_accounts set amount = amount + 1 where account_id = 'acc2.sim.near'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let report = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[])
+        .await
+        .unwrap();
+    let mut found: Vec<String> = report
+        .differences
+        .iter()
+        .map(|d| format!("{} {}", d.account, d.what))
+        .collect();
+    found.sort();
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(
+        found[0].starts_with(&format!(
+            "acc0.sim.near key {real} is on chain but not stored"
+        )),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("acc2.sim.near balance: stored"),
+        "{found:#?}"
+    );
+    assert!(
+        found[2].starts_with(&format!(
+            "acc2.sim.near key {GAS_KEY} is stored but not on chain"
+        )),
+        "{found:#?}"
+    );
+    let rows: i64 = sqlx::query_scalar("select (select count(*) from key_history where source = 'reconcile') + (select count(*) from balance_history where source = 'reconcile')").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 3, "each difference is a reconcile row");
+    let again = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[])
+        .await
+        .unwrap();
+    assert!(
+        again.differences.is_empty(),
+        "the corrections fixed the current state: {:?}",
+        again.differences
+    );
+    let runs: i64 = sqlx::query_scalar("select count(*) from reconcile_runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 2);
+}

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod crash;
 pub mod ingest;
 mod parsers;
 mod rpc_client;

@@ -1,0 +1,287 @@
+//! The real binary killed with SIGKILL at random moments during backfill and
+//! follow, then restarted: the database ends exactly as the chain says, with
+//! no gap and no duplicate. And SIGTERM stops cleanly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use sqlx::PgPool;
+
+use crate::ingest::{START, assert_matches_chain, big_scenario};
+use keywatch::sim::{Clock, FaultPlan, SimOptions, Simulator};
+
+fn database_url(pool: &PgPool) -> String {
+    let mut url = reqwest::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
+    url.set_path(pool.connect_options().get_database().unwrap());
+    url.to_string()
+}
+
+fn config(dir: &tempfile::TempDir, rpc_url: &str) -> PathBuf {
+    let path = dir.path().join("keywatch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[rpc]\nurls = [{rpc_url:?}]\nchain_id = \"localnet\"\nrequests_per_second = 0\nconcurrency = 4\ntimeout = \"2s\"\nattempts_per_url = 10\nbackoff_min = \"1ms\"\nbackoff_max = \"10ms\"\n[ingest]\npoll_interval = \"20ms\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn keywatch(config: &PathBuf, db: &str, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env("KEYWATCH_LOG", "warn")
+        .kill_on_drop(true);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Runs `args` to completion, killing it with SIGKILL after random delays
+/// until `kills` kills are done; returns the number of kills.
+async fn run_with_kills(
+    config: &PathBuf,
+    db: &str,
+    args: &[&str],
+    kills: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> usize {
+    let mut done_kills = 0;
+    loop {
+        let mut child = keywatch(config, db, args).spawn().unwrap();
+        if done_kills < kills {
+            let delay = Duration::from_millis(rng.random_range(80..400));
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.unwrap();
+                    assert!(status.success(), "{args:?} failed before it could be killed");
+                    return done_kills;
+                }
+                _ = tokio::time::sleep(delay) => {
+                    child.start_kill().unwrap();
+                    child.wait().await.unwrap();
+                    done_kills += 1;
+                }
+            }
+        } else {
+            let out = child.wait_with_output().await.unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return done_kills;
+        }
+    }
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn sigkill_during_backfill_and_follow_loses_and_duplicates_nothing(pool: PgPool) {
+    // A little latency on every response, so kills land mid-run.
+    let faults = FaultPlan {
+        latency_ms: Some((3, 8)),
+        ..FaultPlan::default()
+    };
+    let sim = Simulator::start(
+        big_scenario(600),
+        SimOptions {
+            faults: Some(faults),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    sim.advance_to(START + 5);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let db = database_url(&pool);
+    let out = keywatch(
+        &cfg,
+        &db,
+        &[
+            "watch",
+            "add",
+            "acc0.sim.near",
+            "acc1.sim.near",
+            "acc2.sim.near",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sim.run_to_end();
+    let end = sim.with_chain(|c| c.final_block().header.height);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let from = (START + 1).to_string();
+    let mid = (START + 300).to_string();
+    let kills_backfill = run_with_kills(
+        &cfg,
+        &db,
+        &["backfill", "--from", &from, "--to", &mid],
+        12,
+        &mut rng,
+    )
+    .await;
+    let until = end.to_string();
+    let kills_follow =
+        run_with_kills(&cfg, &db, &["run", "--until-height", &until], 12, &mut rng).await;
+    assert!(
+        kills_backfill + kills_follow >= 20,
+        "only {kills_backfill} + {kills_follow} kills landed"
+    );
+    assert!(
+        kills_backfill >= 5 && kills_follow >= 5,
+        "{kills_backfill} / {kills_follow}"
+    );
+
+    assert_eq!(
+        keywatch::store::cursor(&pool)
+            .await
+            .unwrap()
+            .unwrap()
+            .height,
+        end
+    );
+    // no gap: every stored block's parent is stored, from the first cursor on
+    let orphans: i64 = sqlx::query_scalar("select count(*) from blocks b where b.block_height > $1 and not exists (select 1 from blocks p where p.block_hash = b.prev_hash)")
+        .bind(START as i64)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orphans, 0);
+    let blocks: i64 = sqlx::query_scalar("select count(*) from blocks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let chain_blocks = sim.with_chain(|c| {
+        c.blocks()
+            .iter()
+            .filter(|b| b.header.height >= START && b.header.height <= end)
+            .count()
+    });
+    assert_eq!(blocks as usize, chain_blocks, "every block once");
+    assert_matches_chain(&pool, &sim).await;
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn sigterm_finishes_the_current_block_and_exits_0(pool: PgPool) {
+    let sim = Simulator::start(
+        big_scenario(100),
+        SimOptions {
+            clock: Clock::OnRead,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    sim.advance_to(START + 5);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let db = database_url(&pool);
+    let out = keywatch(&cfg, &db, &["watch", "add", "acc0.sim.near"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let mut cmd = keywatch(&cfg, &db, &["run"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // wait until it has made progress
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while keywatch::store::cursor(&pool)
+        .await
+        .unwrap()
+        .is_none_or(|c| c.height < START + 20)
+    {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("exits promptly")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cursor = keywatch::store::cursor(&pool).await.unwrap().unwrap();
+    assert!(
+        stdout.contains(&format!("stopped at block {}", cursor.height)),
+        "{stdout}"
+    );
+    assert_matches_chain(&pool, &sim).await;
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn reconcile_exits_1_on_drift_and_0_once_corrected(pool: PgPool) {
+    let sim = Simulator::start(big_scenario(40), SimOptions::default())
+        .await
+        .unwrap();
+    sim.advance_to(START + 5);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let db = database_url(&pool);
+    assert!(
+        keywatch(&cfg, &db, &["watch", "add", "acc0.sim.near"])
+            .output()
+            .await
+            .unwrap()
+            .status
+            .success()
+    );
+    sim.run_to_end();
+    let end = sim
+        .with_chain(|c| c.final_block().header.height)
+        .to_string();
+    let out = keywatch(&cfg, &db, &["run", "--until-height", &end])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sqlx::query("update current_accounts set locked = locked + 5")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut cmd = keywatch(&cfg, &db, &["reconcile", "acc0.sim.near"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let out = cmd.output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("drift on acc0.sim.near: balance: stored"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut cmd = keywatch(&cfg, &db, &["reconcile"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let out = cmd.output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("no drift: 1 account(s) match the chain at block")
+    );
+}
