@@ -86,7 +86,7 @@ async fn main() {
         ..FollowOptions::default()
     };
     let t = Instant::now();
-    let summary = follow(&pool, &rpc, &opts, stop).await.unwrap();
+    let summary = follow(&pool, &rpc, &opts, None, stop).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
     let rows = summary.key_rows + summary.balance_rows;
     println!(

@@ -10,5 +10,6 @@ pub mod config;
 pub mod domain;
 pub mod ingest;
 pub mod rpc;
+pub mod rules;
 pub mod sim;
 pub mod store;

@@ -99,6 +99,9 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
         &pool,
         &rpc,
         &follow_options(&settings, opts),
+        Some(&crate::ingest::alerts::AlertContext::from_settings(
+            &settings,
+        )),
         stop_on_signal(),
     )
     .await
@@ -150,6 +153,9 @@ pub async fn backfill(config: &Path, from: u64, to: Option<u64>) -> CmdResult {
         &pool,
         &rpc,
         &follow_options(&settings, base),
+        Some(&crate::ingest::alerts::AlertContext::from_settings(
+            &settings,
+        )),
         stop_on_signal(),
     )
     .await

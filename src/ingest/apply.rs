@@ -14,6 +14,7 @@ use sqlx::PgPool;
 
 use crate::domain::{AccessKey, AccountId, AccountState, ChangeValue, PublicKey, StateChange};
 use crate::ingest::IngestError;
+use crate::ingest::alerts::{AccountBlock, AlertContext, block_rules, window_rules};
 use crate::ingest::fetch::BlockData;
 use crate::store;
 use crate::store::history::{BalanceRow, insert_balance_row, load_account, upsert_account_state};
@@ -43,7 +44,11 @@ fn writes_of<'a>(
         .filter(move |c| c.value.account_id() == Some(account))
 }
 
-pub async fn apply_block(pool: &PgPool, data: &BlockData) -> Result<Applied, IngestError> {
+pub async fn apply_block(
+    pool: &PgPool,
+    data: &BlockData,
+    alerts: Option<&AlertContext>,
+) -> Result<Applied, IngestError> {
     let h = &data.header;
     let mut tx = pool.begin().await?;
     let cursor = store::lock_cursor(&mut tx)
@@ -77,11 +82,27 @@ pub async fn apply_block(pool: &PgPool, data: &BlockData) -> Result<Applied, Ing
         .filter_map(|c| c.value.account_id())
         .filter(|a| watched.contains(*a))
         .collect();
+    let mut facts = Vec::new();
     for account in accounts {
         let deleted_here = writes_of(&data.account_changes, account)
             .any(|c| matches!(c.value, ChangeValue::AccountDeletion { .. }));
-        key_rows += apply_key_writes(&mut tx, data, account, deleted_here).await?;
-        balance_rows += apply_account_writes(&mut tx, data, account).await?;
+        let mut ab = AccountBlock {
+            account: account.clone(),
+            writes: vec![],
+            keys_before: BTreeMap::new(),
+            keys_after: BTreeMap::new(),
+            nonce_slot_keys: BTreeSet::new(),
+            account_deleted: deleted_here,
+            contract_changed: None,
+            unknown: vec![],
+        };
+        key_rows += apply_key_writes(&mut tx, data, account, deleted_here, &mut ab).await?;
+        balance_rows += apply_account_writes(&mut tx, data, account, &mut ab).await?;
+        facts.push(ab);
+    }
+    if let Some(ctx) = alerts {
+        block_rules(&mut tx, ctx, h, &facts).await?;
+        window_rules(&mut tx, ctx, h).await?;
     }
     store::advance_cursor(&mut tx, h).await?;
     tx.commit().await?;
@@ -96,6 +117,7 @@ async fn apply_key_writes(
     data: &BlockData,
     account: &AccountId,
     deleted_here: bool,
+    ab: &mut AccountBlock,
 ) -> Result<usize, IngestError> {
     let h = &data.header;
     let writes: Vec<&StateChange> = writes_of(&data.key_changes, account).collect();
@@ -103,6 +125,7 @@ async fn apply_key_writes(
         return Ok(0);
     }
     let mut state: BTreeMap<PublicKey, AccessKey> = load_state(tx, account).await?;
+    ab.keys_before = state.clone();
     let mut touched: BTreeSet<PublicKey> = BTreeSet::new();
     let mut deleted_in_block: BTreeSet<PublicKey> = BTreeSet::new();
     let hash = h.hash.to_string();
@@ -133,11 +156,20 @@ async fn apply_key_writes(
                     "added"
                 };
                 insert_key_row(tx, &row(public_key, action, Some(access_key), None, false)).await?;
+                ab.writes.push(rule_write(
+                    public_key,
+                    action,
+                    Some(&access_key.permission),
+                    false,
+                    w,
+                ));
                 state.insert(public_key.clone(), access_key.clone());
                 touched.insert(public_key.clone());
             }
             ChangeValue::AccessKeyDeletion { public_key, .. } => {
                 insert_key_row(tx, &row(public_key, "deleted", None, None, deleted_here)).await?;
+                ab.writes
+                    .push(rule_write(public_key, "deleted", None, deleted_here, w));
                 state.remove(public_key);
                 touched.insert(public_key.clone());
                 deleted_in_block.insert(public_key.clone());
@@ -153,6 +185,7 @@ async fn apply_key_writes(
                     &row(public_key, "nonce_slot", None, Some((*slot, *nonce)), false),
                 )
                 .await?;
+                ab.nonce_slot_keys.insert(public_key.clone());
             }
             other => {
                 let raw = crate::rpc::views::change_json(w);
@@ -166,9 +199,11 @@ async fn apply_key_writes(
                     &raw,
                 )
                 .await?;
+                ab.unknown.push(other.type_name().to_owned());
             }
         }
     }
+    ab.keys_after = state.clone();
     for key in &touched {
         match state.get(key) {
             Some(ak) => {
@@ -196,6 +231,7 @@ async fn apply_account_writes(
     tx: &mut sqlx::PgConnection,
     data: &BlockData,
     account: &AccountId,
+    ab: &mut AccountBlock,
 ) -> Result<usize, IngestError> {
     let h = &data.header;
     let writes: Vec<&StateChange> = writes_of(&data.account_changes, account).collect();
@@ -212,6 +248,9 @@ async fn apply_account_writes(
                     && before
                         .as_ref()
                         .is_none_or(|b| contract_of(b) != contract_of(state));
+                if changed {
+                    ab.contract_changed = Some(state.clone());
+                }
                 (Some(state), changed)
             }
             ChangeValue::AccountDeletion { .. } => (None, false),
@@ -227,6 +266,7 @@ async fn apply_account_writes(
                     &raw,
                 )
                 .await?;
+                ab.unknown.push(other.type_name().to_owned());
                 continue;
             }
         };
@@ -245,4 +285,21 @@ async fn apply_account_writes(
     }
     upsert_account_state(tx, account, before.as_ref(), h.height).await?;
     Ok(writes.len())
+}
+
+fn rule_write(
+    key: &PublicKey,
+    action: &'static str,
+    permission: Option<&crate::domain::Permission>,
+    by_account_deletion: bool,
+    w: &StateChange,
+) -> crate::rules::KeyWrite {
+    crate::rules::KeyWrite {
+        key: key.clone(),
+        action,
+        permission: permission.cloned(),
+        by_account_deletion,
+        tx_hash: w.cause.tx_hash.as_ref().map(|h| h.to_string()),
+        receipt_hash: w.cause.receipt_hash.as_ref().map(|h| h.to_string()),
+    }
 }

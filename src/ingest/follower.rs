@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::ingest::IngestError;
+use crate::ingest::alerts::AlertContext;
 use crate::ingest::apply::{Applied, apply_block};
 use crate::ingest::baseline::{ensure_baselines, read_baseline};
 use crate::ingest::fetch::fetch_block;
@@ -111,6 +112,7 @@ pub async fn follow(
     pool: &PgPool,
     rpc: &RpcClient,
     opts: &FollowOptions,
+    alerts: Option<&AlertContext>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<FollowSummary, IngestError> {
     let mut summary = FollowSummary::default();
@@ -212,7 +214,7 @@ pub async fn follow(
         while let Some(data) = fetches.next().await {
             let mut data = data?;
             loop {
-                match apply_block(pool, &data).await? {
+                match apply_block(pool, &data, alerts).await? {
                     Applied::Block {
                         key_rows,
                         balance_rows,

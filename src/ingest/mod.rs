@@ -8,6 +8,7 @@
 //! - [`follower`]: the loop behind `run` and `backfill`.
 //! - [`reconcile`]: stored state against the chain at the cursor.
 
+pub mod alerts;
 pub mod apply;
 pub mod baseline;
 pub mod fetch;

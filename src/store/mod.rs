@@ -4,6 +4,7 @@
 //! Queries are runtime-checked (`sqlx::query`), each exercised by the
 //! integration tests, so a clean clone builds without a database.
 
+pub mod alerts;
 pub mod convert;
 pub mod history;
 pub mod keys;

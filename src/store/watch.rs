@@ -304,3 +304,14 @@ pub async fn close_spans(tx: &mut PgConnection, height: u64) -> Result<(), Store
     .await?;
     Ok(())
 }
+
+/// One watched account's entry, if watched.
+pub async fn get(
+    conn: &mut PgConnection,
+    account: &AccountId,
+) -> Result<Option<WatchedAccount>, StoreError> {
+    Ok(list(conn)
+        .await?
+        .into_iter()
+        .find(|w| &w.account_id == account))
+}

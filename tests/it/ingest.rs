@@ -408,6 +408,7 @@ async fn ingestion_records_exactly_the_chain_history(pool: PgPool) {
             until_height: Some(START + 300),
             ..opts()
         },
+        None,
         no_stop(),
     )
     .await
@@ -423,7 +424,7 @@ async fn ingestion_records_exactly_the_chain_history(pool: PgPool) {
             baseline_height: START + 300
         }
     );
-    let rest = follow(&pool, &rpc, &opts(), no_stop()).await.unwrap();
+    let rest = follow(&pool, &rpc, &opts(), None, no_stop()).await.unwrap();
     let final_height = sim.with_chain(|c| c.final_block().header.height);
     assert_eq!(rest.last_height, final_height);
     assert!(final_height >= START + 520, "at least 500 blocks");
@@ -468,7 +469,7 @@ async fn replaying_blocks_changes_nothing(pool: PgPool) {
         .unwrap();
     let rpc = client(&sim.url());
     tracked_from_start(&pool, &sim, &rpc, &[0]).await;
-    follow(&pool, &rpc, &opts(), no_stop()).await.unwrap();
+    follow(&pool, &rpc, &opts(), None, no_stop()).await.unwrap();
     let count = || async {
         sqlx::query_scalar::<_, i64>(
             "select (select count(*) from key_events) + (select count(*) from balance_events)",
@@ -483,7 +484,7 @@ async fn replaying_blocks_changes_nothing(pool: PgPool) {
     let data = keywatch::ingest::fetch::fetch_block(&rpc, header, &watched, 100)
         .await
         .unwrap();
-    let again = keywatch::ingest::apply::apply_block(&pool, &data)
+    let again = keywatch::ingest::apply::apply_block(&pool, &data, None)
         .await
         .unwrap();
     assert_eq!(again, keywatch::ingest::apply::Applied::AlreadyApplied);
@@ -506,6 +507,7 @@ async fn an_account_watched_after_a_block_was_fetched_makes_it_fetched_again(poo
             until_height: Some(START + 19),
             ..opts()
         },
+        None,
         no_stop(),
     )
     .await
@@ -514,7 +516,7 @@ async fn an_account_watched_after_a_block_was_fetched_makes_it_fetched_again(poo
     let stale = keywatch::ingest::fetch::fetch_block(&rpc, header, &BTreeSet::new(), 100)
         .await
         .unwrap();
-    let outcome = keywatch::ingest::apply::apply_block(&pool, &stale)
+    let outcome = keywatch::ingest::apply::apply_block(&pool, &stale, None)
         .await
         .unwrap();
     assert_eq!(
@@ -562,7 +564,7 @@ async fn ten_percent_rpc_faults_change_nothing(pool: PgPool) {
     .unwrap();
     let rpc = client(&sim.url());
     tracked_from_start(&pool, &sim, &rpc, &[0, 1, 2]).await;
-    follow(&pool, &rpc, &opts(), no_stop()).await.unwrap();
+    follow(&pool, &rpc, &opts(), None, no_stop()).await.unwrap();
     assert_matches_chain(&pool, &sim).await;
     assert!(sim.requests() > 400);
 }
@@ -611,11 +613,13 @@ async fn history_lost_while_stopped_stops_ingestion_unless_the_gap_is_accepted(p
         .await
         .unwrap();
     sim.advance_to(START + 30);
-    follow(&pool, &rpc, &opts(), no_stop()).await.unwrap();
+    follow(&pool, &rpc, &opts(), None, no_stop()).await.unwrap();
     let stopped_at = store::cursor(&pool).await.unwrap().unwrap().height;
     // keywatch is down while the node moves on and forgets
     sim.run_to_end();
-    let err = follow(&pool, &rpc, &opts(), no_stop()).await.unwrap_err();
+    let err = follow(&pool, &rpc, &opts(), None, no_stop())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, IngestError::HistoryGone { next, .. } if next == stopped_at + 1),
         "{err}"
@@ -633,6 +637,7 @@ async fn history_lost_while_stopped_stops_ingestion_unless_the_gap_is_accepted(p
             accept_gap: true,
             ..opts()
         },
+        None,
         no_stop(),
     )
     .await
@@ -687,7 +692,9 @@ async fn a_lying_prev_hash_stops_ingestion_with_a_clear_error(pool: PgPool) {
         CryptoHash::from_bytes([3; 32])));
     let rpc = client(&sim.url());
     tracked_from_start(&pool, &sim, &rpc, &[0]).await;
-    let err = follow(&pool, &rpc, &opts(), no_stop()).await.unwrap_err();
+    let err = follow(&pool, &rpc, &opts(), None, no_stop())
+        .await
+        .unwrap_err();
     match &err {
         IngestError::Continuity { height, last, .. } => {
             assert_eq!((*height, *last), (bad, bad - 1))
@@ -716,7 +723,7 @@ async fn a_watched_account_deleted_on_chain_can_be_named_again(pool: PgPool) {
     let rpc = client(&sim.url());
     tracked_from_start(&pool, &sim, &rpc, &[1]).await;
     sim.advance_to(START + 410); // acc1 is deleted at START + 400
-    follow(&pool, &rpc, &opts(), no_stop()).await.unwrap();
+    follow(&pool, &rpc, &opts(), None, no_stop()).await.unwrap();
     // `run` upserts its config accounts at every start
     let again = start_tracking(&pool, &rpc, "localnet", &watch(&[1]), false)
         .await
@@ -740,7 +747,7 @@ async fn reconcile_records_and_corrects_drift(pool: PgPool) {
         .unwrap();
     let rpc = client(&sim.url());
     tracked_from_start(&pool, &sim, &rpc, &[0, 2]).await;
-    follow(&pool, &rpc, &opts(), no_stop()).await.unwrap();
+    follow(&pool, &rpc, &opts(), None, no_stop()).await.unwrap();
     // corrupt the stored state: a key vanishes, another appears, a balance moves
     let real = seeded_key(SEED, 1).to_string();
     sqlx::query("delete from key_state where account_id = 'acc0.sim.near' and public_key = $1")

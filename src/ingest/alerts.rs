@@ -1,0 +1,393 @@
+//! Deciding alerts inside the block's transaction: the per-block rules on
+//! what each account's writes did, and the window rules (allowance drain,
+//! balance drop) on the block `settle_blocks` blocks back, judged on net
+//! change in chain time. Drafts become outbox rows in the same transaction.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bigdecimal::BigDecimal;
+use sqlx::PgConnection;
+
+use crate::config::{RuleSet, RuleSettings, Settings};
+use crate::domain::{AccessKey, AccountId, AccountState, BlockHeader, PublicKey, Yocto};
+use crate::ingest::IngestError;
+use crate::rules::{AlertDraft, BlockFacts, KeyWrite, WindowValues, evaluate_block, window_drop};
+use crate::store::alerts::{Decided, fired_since, insert};
+use crate::store::convert::{height_to_i64, ns_to_time, numeric_to_yocto};
+
+/// What the ingest needs to decide and queue alerts.
+#[derive(Clone)]
+pub struct AlertContext {
+    pub rules: RuleSet,
+    /// Per-account rules, already merged over `rules`.
+    pub per_account: HashMap<AccountId, RuleSet>,
+    /// Channels an alert is queued for.
+    pub channels: Vec<&'static str>,
+    /// Older blocks' alerts are recorded as suppressed.
+    pub max_age: Duration,
+    /// Wall clock, injected (only `max_age` uses it).
+    pub now: Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>,
+}
+
+impl AlertContext {
+    pub fn from_settings(s: &Settings) -> AlertContext {
+        let mut channels = vec![];
+        if s.notify.email.is_some() {
+            channels.push("email");
+        }
+        if s.notify.webhook.is_some() {
+            channels.push("webhook");
+        }
+        let per_account = s
+            .accounts
+            .iter()
+            .map(|a| {
+                let mut merged = s.rules.clone();
+                merged.extend(a.rules.iter().map(|(k, v)| (*k, v.clone())));
+                (a.id.clone(), merged)
+            })
+            .collect();
+        AlertContext {
+            rules: s.rules.clone(),
+            per_account,
+            channels,
+            max_age: s.notify.max_age,
+            now: Arc::new(chrono::Utc::now),
+        }
+    }
+
+    pub fn rules_for(&self, account: &AccountId) -> &RuleSet {
+        self.per_account.get(account).unwrap_or(&self.rules)
+    }
+}
+
+/// What one block did to one account, gathered by the apply step.
+pub struct AccountBlock {
+    pub account: AccountId,
+    pub writes: Vec<KeyWrite>,
+    pub keys_before: BTreeMap<PublicKey, AccessKey>,
+    pub keys_after: BTreeMap<PublicKey, AccessKey>,
+    pub nonce_slot_keys: BTreeSet<PublicKey>,
+    pub account_deleted: bool,
+    pub contract_changed: Option<AccountState>,
+    pub unknown: Vec<String>,
+}
+
+/// Applies cooldown (chain time) and writes the drafts; returns how many
+/// alerts were created.
+pub async fn queue(
+    tx: &mut PgConnection,
+    ctx: &AlertContext,
+    header: &BlockHeader,
+    drafts: Vec<(AlertDraft, Duration)>,
+) -> Result<usize, IngestError> {
+    let block_time = ns_to_time(header.timestamp_ns);
+    let send = block_time
+        >= (ctx.now)() - chrono::Duration::from_std(ctx.max_age).unwrap_or(chrono::Duration::MAX);
+    let hash = header.hash.to_string();
+    let at = Decided {
+        block_height: header.height,
+        block_hash: &hash,
+        block_time,
+    };
+    let mut created = 0;
+    for (d, cooldown) in drafts {
+        let since =
+            block_time - chrono::Duration::from_std(cooldown).unwrap_or(chrono::Duration::zero());
+        if !cooldown.is_zero()
+            && fired_since(tx, d.rule, &d.account_id, d.public_key.as_deref(), since).await?
+        {
+            continue;
+        }
+        if insert(tx, &d, &at, &ctx.channels, send).await?.is_some() {
+            created += 1;
+        }
+    }
+    Ok(created)
+}
+
+fn with_cooldown(rules: &RuleSet, drafts: Vec<AlertDraft>) -> Vec<(AlertDraft, Duration)> {
+    drafts
+        .into_iter()
+        .map(|d| {
+            let cd = rules.get(d.rule).map(|r| r.cooldown).unwrap_or_default();
+            (d, cd)
+        })
+        .collect()
+}
+
+/// The per-block rules for every account the block wrote to.
+pub async fn block_rules(
+    tx: &mut PgConnection,
+    ctx: &AlertContext,
+    header: &BlockHeader,
+    accounts: &[AccountBlock],
+) -> Result<usize, IngestError> {
+    let mut drafts = Vec::new();
+    for ab in accounts {
+        let Some(w) = crate::store::watch::get(tx, &ab.account).await? else {
+            continue;
+        };
+        let rules = ctx.rules_for(&ab.account);
+        let cold_moved: Vec<PublicKey> = w
+            .cold_keys
+            .iter()
+            .filter(|k| {
+                ab.nonce_slot_keys.contains(*k)
+                    || matches!((ab.keys_before.get(*k), ab.keys_after.get(*k)), (Some(b), Some(a)) if a.nonce > b.nonce)
+            })
+            .cloned()
+            .collect();
+        let facts = BlockFacts {
+            account: &ab.account,
+            label: w.label.as_deref(),
+            expected_keys: &w.expected_keys,
+            cold_keys: &w.cold_keys,
+            rules,
+            writes: &ab.writes,
+            keys_before: &ab.keys_before,
+            keys_after: &ab.keys_after,
+            cold_nonce_moved: &cold_moved,
+            account_deleted: ab.account_deleted,
+            contract_changed: ab.contract_changed.as_ref(),
+            unknown: &ab.unknown,
+        };
+        let mut d = evaluate_block(&facts);
+        for draft in &mut d {
+            draft.details["block_height"] = serde_json::json!(header.height);
+            draft.details["block_hash"] = serde_json::json!(header.hash.as_str());
+        }
+        drafts.extend(with_cooldown(rules, d));
+    }
+    queue(tx, ctx, header, drafts).await
+}
+
+fn yocto(n: &Option<BigDecimal>) -> Result<Option<Yocto>, IngestError> {
+    Ok(n.as_ref()
+        .map(|n| numeric_to_yocto("amount", n))
+        .transpose()?)
+}
+
+/// The window rules for changes made `settle_blocks` blocks before `header`.
+pub async fn window_rules(
+    tx: &mut PgConnection,
+    ctx: &AlertContext,
+    header: &BlockHeader,
+) -> Result<usize, IngestError> {
+    let h = height_to_i64("height", header.height)?;
+    let now_ns = header.timestamp_ns as i64;
+    let mut settles: BTreeSet<u32> = BTreeSet::new();
+    for rs in std::iter::once(&ctx.rules).chain(ctx.per_account.values()) {
+        for name in ["allowance_drain", "balance_drop"] {
+            if let Some(r) = rs.get(name).filter(|r| r.enabled) {
+                settles.insert(r.settle_blocks.unwrap_or(0));
+            }
+        }
+    }
+    let mut drafts = Vec::new();
+    for settle in settles {
+        let settled: Option<(String,)> = sqlx::query_as("select block_hash from blocks where block_height <= $1 order by block_height desc offset $2 limit 1")
+            .bind(h)
+            .bind(i64::from(settle))
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((settled_hash,)) = settled else {
+            continue;
+        };
+        // function-call and gas keys written in the settled block
+        let keys: Vec<(String, String)> = sqlx::query_as(
+            "select distinct account_id, public_key from key_events where block_hash = $1 and source = 'chain'
+             and permission in ('function_call', 'gas_key_function_call', 'gas_key_full_access')",
+        )
+        .bind(&settled_hash)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (account, key) in keys {
+            let Ok(account_id) = AccountId::parse(&account) else {
+                continue;
+            };
+            let Some(r) = ctx
+                .rules_for(&account_id)
+                .get("allowance_drain")
+                .filter(|r| r.enabled && r.settle_blocks.unwrap_or(0) == settle)
+            else {
+                continue;
+            };
+            if let Some(d) = drain(tx, r, &account_id, &key, now_ns).await? {
+                drafts.push((d, r.cooldown));
+            }
+        }
+        let accounts: Vec<String> = sqlx::query_scalar("select distinct account_id from balance_events where block_hash = $1 and source = 'chain' and not deleted")
+            .bind(&settled_hash)
+            .fetch_all(&mut *tx)
+            .await?;
+        for account in accounts {
+            let Ok(account_id) = AccountId::parse(&account) else {
+                continue;
+            };
+            let Some(r) = ctx
+                .rules_for(&account_id)
+                .get("balance_drop")
+                .filter(|r| r.enabled && r.settle_blocks.unwrap_or(0) == settle)
+            else {
+                continue;
+            };
+            if let Some(d) = balance_drop(tx, r, &account_id, now_ns).await? {
+                drafts.push((d, r.cooldown));
+            }
+        }
+    }
+    for (d, _) in &mut drafts {
+        d.details["block_height"] = serde_json::json!(header.height);
+        d.details["block_hash"] = serde_json::json!(header.hash.as_str());
+    }
+    queue(tx, ctx, header, drafts).await
+}
+
+fn window_start(r: &RuleSettings, now_ns: i64) -> i64 {
+    now_ns.saturating_sub(
+        r.window
+            .map(|w| w.as_nanos().min(i64::MAX as u128) as i64)
+            .unwrap_or(i64::MAX),
+    )
+}
+
+async fn drain(
+    tx: &mut PgConnection,
+    r: &RuleSettings,
+    account: &AccountId,
+    key: &str,
+    now_ns: i64,
+) -> Result<Option<AlertDraft>, IngestError> {
+    let now: Option<(Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as("select allowance, gas_key_balance from key_state where account_id = $1 and public_key = $2")
+        .bind(account.as_str())
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((allowance, gas)) = now else {
+        return Ok(None);
+    };
+    let (now, is_gas) = match (yocto(&allowance)?, yocto(&gas)?) {
+        (_, Some(g)) => (g, true),
+        (Some(a), None) => (a, false),
+        (None, None) => return Ok(None), // unlimited: nothing to drain
+    };
+    let start = window_start(r, now_ns);
+    // A key deleted and re-added starts a new window at its last addition.
+    let added: Option<i64> = sqlx::query_scalar("select max(block_timestamp_ns) from key_history where account_id = $1 and public_key = $2 and action = 'added'")
+        .bind(account.as_str())
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+    let start = added.map_or(start, |a| start.max(a));
+    let before: Option<(Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as(
+        "select allowance, gas_key_balance from key_history where account_id = $1 and public_key = $2
+           and action in ('added', 'updated') and block_timestamp_ns <= $3
+         order by block_height desc, index_in_block desc limit 1",
+    )
+    .bind(account.as_str())
+    .bind(key)
+    .bind(start)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let before = match before {
+        Some((a, g)) => {
+            if is_gas {
+                yocto(&g)?
+            } else {
+                yocto(&a)?
+            }
+        }
+        None => None,
+    };
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    let Some((drop, pct)) = window_drop(
+        r,
+        WindowValues {
+            before,
+            now,
+            locked_increase: Yocto::ZERO,
+        },
+    ) else {
+        return Ok(None);
+    };
+    let what = if is_gas {
+        "Gas-key balance"
+    } else {
+        "Allowance"
+    };
+    Ok(Some(AlertDraft {
+        rule: "allowance_drain",
+        severity: r.severity,
+        account_id: account.to_string(),
+        public_key: Some(key.to_owned()),
+        title: format!(
+            "{what} of a key on {account} fell by {}",
+            drop.to_near_string()
+        ),
+        details: serde_json::json!({"account_id": account, "public_key": key, "before": before.to_string(), "now": now.to_string(),
+            "drop": drop.to_string(), "percent": pct, "window": r.window.map(|w| humantime::format_duration(w).to_string())}),
+    }))
+}
+
+async fn balance_drop(
+    tx: &mut PgConnection,
+    r: &RuleSettings,
+    account: &AccountId,
+    now_ns: i64,
+) -> Result<Option<AlertDraft>, IngestError> {
+    let now: Option<(Option<BigDecimal>, Option<BigDecimal>, bool)> = sqlx::query_as(
+        "select amount, locked, deleted from current_accounts where account_id = $1",
+    )
+    .bind(account.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((Some(amount), Some(locked), false)) = now else {
+        return Ok(None);
+    };
+    let start = window_start(r, now_ns);
+    let before: Option<(Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as(
+        "select amount, locked from balance_history where account_id = $1 and not deleted and block_timestamp_ns <= $2
+         order by block_height desc, index_in_block desc limit 1",
+    )
+    .bind(account.as_str())
+    .bind(start)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((Some(b_amount), Some(b_locked))) = before else {
+        return Ok(None);
+    };
+    let (now_amount, now_locked) = (
+        numeric_to_yocto("amount", &amount)?,
+        numeric_to_yocto("locked", &locked)?,
+    );
+    let (b_amount, b_locked) = (
+        numeric_to_yocto("amount", &b_amount)?,
+        numeric_to_yocto("locked", &b_locked)?,
+    );
+    let v = WindowValues {
+        before: b_amount,
+        now: now_amount,
+        locked_increase: Yocto(now_locked.0.saturating_sub(b_locked.0)),
+    };
+    let Some((drop, pct)) = window_drop(r, v) else {
+        return Ok(None);
+    };
+    Ok(Some(AlertDraft {
+        rule: "balance_drop",
+        severity: r.severity,
+        account_id: account.to_string(),
+        public_key: None,
+        title: format!(
+            "Balance of {account} dropped by {}{}",
+            drop.to_near_string(),
+            pct.map(|p| format!(" ({p}%)")).unwrap_or_default()
+        ),
+        details: serde_json::json!({"account_id": account, "before": b_amount.to_string(), "now": now_amount.to_string(),
+            "drop": drop.to_string(), "percent": pct, "window": r.window.map(|w| humantime::format_duration(w).to_string())}),
+    }))
+}

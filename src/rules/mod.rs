@@ -1,0 +1,396 @@
+//! The rules: pure functions from what a block did to an account (its
+//! writes, the state before and after, the values a window started with) to
+//! alert drafts. No IO: the ingest gathers the facts inside the block's
+//! transaction and writes the drafts as outbox rows in that same
+//! transaction, so an alert exists if and only if its event does.
+
+use std::collections::BTreeMap;
+
+use crate::config::{RuleSet, RuleSettings, Severity};
+use crate::domain::{AccessKey, AccountId, AccountState, Permission, PublicKey, Yocto};
+
+/// What a rule decided, before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertDraft {
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub account_id: String,
+    pub public_key: Option<String>,
+    pub title: String,
+    pub details: serde_json::Value,
+}
+
+/// One key write of the block, as stored.
+#[derive(Debug, Clone)]
+pub struct KeyWrite {
+    pub key: PublicKey,
+    pub action: &'static str,
+    pub permission: Option<Permission>,
+    pub by_account_deletion: bool,
+    pub tx_hash: Option<String>,
+    pub receipt_hash: Option<String>,
+}
+
+/// Everything the per-block rules see for one account.
+pub struct BlockFacts<'a> {
+    pub account: &'a AccountId,
+    pub label: Option<&'a str>,
+    pub expected_keys: &'a [PublicKey],
+    pub cold_keys: &'a [PublicKey],
+    pub rules: &'a RuleSet,
+    pub writes: &'a [KeyWrite],
+    pub keys_before: &'a BTreeMap<PublicKey, AccessKey>,
+    pub keys_after: &'a BTreeMap<PublicKey, AccessKey>,
+    /// Cold keys that signed (nonce or nonce slot moved) in this block.
+    pub cold_nonce_moved: &'a [PublicKey],
+    pub account_deleted: bool,
+    pub contract_changed: Option<&'a AccountState>,
+    /// Change types or permissions this version does not know.
+    pub unknown: &'a [String],
+}
+
+fn enabled<'r>(rules: &'r RuleSet, name: &str) -> Option<&'r RuleSettings> {
+    rules.get(name).filter(|r| r.enabled)
+}
+
+fn permission_text(p: &Permission) -> String {
+    match p {
+        Permission::FullAccess => "full access".into(),
+        Permission::GasKeyFullAccess { balance, .. } => format!(
+            "full access (gas key, balance {})",
+            balance.to_near_string()
+        ),
+        Permission::FunctionCall {
+            allowance,
+            receiver_id,
+            method_names,
+        } => format!(
+            "function call to {receiver_id} ({}), allowance {}",
+            if method_names.is_empty() {
+                "any method".to_owned()
+            } else {
+                method_names.join(", ")
+            },
+            allowance
+                .map(Yocto::to_near_string)
+                .unwrap_or_else(|| "unlimited".into())
+        ),
+        Permission::GasKeyFunctionCall {
+            balance,
+            receiver_id,
+            method_names,
+            ..
+        } => format!(
+            "function call to {receiver_id} ({}) paid by its gas balance {}",
+            if method_names.is_empty() {
+                "any method".to_owned()
+            } else {
+                method_names.join(", ")
+            },
+            balance.to_near_string()
+        ),
+        Permission::Unknown(raw) => format!("unknown permission {raw}"),
+    }
+}
+
+fn draft(
+    f: &BlockFacts<'_>,
+    rule: &'static str,
+    severity: Severity,
+    key: Option<&PublicKey>,
+    title: String,
+    mut details: serde_json::Value,
+) -> AlertDraft {
+    details["account_id"] = serde_json::json!(f.account);
+    if let Some(label) = f.label {
+        details["label"] = serde_json::json!(label);
+    }
+    if let Some(k) = key {
+        details["public_key"] = serde_json::json!(k.as_str());
+    }
+    AlertDraft {
+        rule,
+        severity,
+        account_id: f.account.to_string(),
+        public_key: key.map(|k| k.to_string()),
+        title,
+        details,
+    }
+}
+
+/// The rules decided by one block alone.
+pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
+    let mut out = Vec::new();
+    let a = f.account;
+    // Keys added in this block that exist at its end, once each.
+    let mut seen = std::collections::BTreeSet::new();
+    for w in f.writes.iter().filter(|w| w.action == "added") {
+        let Some(after) = f.keys_after.get(&w.key) else {
+            continue;
+        };
+        if !seen.insert(w.key.clone()) || f.expected_keys.contains(&w.key) {
+            continue;
+        }
+        let p = &after.permission;
+        let details = serde_json::json!({"permission": p.to_json(), "permission_text": permission_text(p), "tx_hash": w.tx_hash, "receipt_hash": w.receipt_hash});
+        if p.is_full_access() {
+            if let Some(r) = enabled(f.rules, "new_full_access_key") {
+                let kind = if matches!(p, Permission::GasKeyFullAccess { .. }) {
+                    "gas key with full access"
+                } else {
+                    "full-access key"
+                };
+                out.push(draft(
+                    f,
+                    "new_full_access_key",
+                    r.severity,
+                    Some(&w.key),
+                    format!("New {kind} on {a}"),
+                    details,
+                ));
+            }
+        } else if let Permission::Unknown(_) = p {
+            if let Some(r) = enabled(f.rules, "unknown_permission") {
+                out.push(draft(
+                    f,
+                    "unknown_permission",
+                    r.severity,
+                    Some(&w.key),
+                    format!("Key with an unknown permission added to {a}"),
+                    details,
+                ));
+            }
+        } else if let Some(r) = enabled(f.rules, "new_function_call_key") {
+            let unrestricted = matches!(
+                p,
+                Permission::FunctionCall {
+                    allowance: None,
+                    ..
+                }
+            ) || p.method_names().is_some_and(<[String]>::is_empty);
+            let severity = if unrestricted {
+                r.unrestricted_severity
+                    .unwrap_or(r.severity)
+                    .max(r.severity)
+            } else {
+                r.severity
+            };
+            let what = if unrestricted {
+                "unrestricted function-call key"
+            } else {
+                "function-call key"
+            };
+            out.push(draft(
+                f,
+                "new_function_call_key",
+                severity,
+                Some(&w.key),
+                format!("New {what} on {a}"),
+                details,
+            ));
+        }
+    }
+    if let Some(r) = enabled(f.rules, "key_deleted") {
+        let mut seen = std::collections::BTreeSet::new();
+        for w in f
+            .writes
+            .iter()
+            .filter(|w| w.action == "deleted" && !w.by_account_deletion)
+        {
+            if f.keys_after.contains_key(&w.key) || !seen.insert(w.key.clone()) {
+                continue;
+            }
+            let details = serde_json::json!({"permission": f.keys_before.get(&w.key).map(|k| k.permission.to_json()), "tx_hash": w.tx_hash, "receipt_hash": w.receipt_hash});
+            out.push(draft(
+                f,
+                "key_deleted",
+                r.severity,
+                Some(&w.key),
+                format!("Key deleted from {a}"),
+                details,
+            ));
+        }
+    }
+    if let Some(r) = enabled(f.rules, "key_used") {
+        for key in f.cold_nonce_moved {
+            out.push(draft(
+                f,
+                "key_used",
+                r.severity,
+                Some(key),
+                format!("Cold key signed a transaction on {a}"),
+                serde_json::json!({}),
+            ));
+        }
+    }
+    if let Some(r) = enabled(f.rules, "account_locked") {
+        let had = f
+            .keys_before
+            .values()
+            .any(|k| k.permission.is_full_access());
+        let has = f.keys_after.values().any(|k| k.permission.is_full_access());
+        if had && !has && !f.account_deleted {
+            out.push(draft(
+                f,
+                "account_locked",
+                r.severity,
+                None,
+                format!("{a} has no full-access key left"),
+                serde_json::json!({}),
+            ));
+        }
+    }
+    if let (Some(r), Some(state)) = (enabled(f.rules, "contract_deployed"), f.contract_changed) {
+        let details = serde_json::json!({"code_hash": state.code_hash.as_str(), "global_contract_hash": state.global_contract_hash, "global_contract_account_id": state.global_contract_account_id});
+        out.push(draft(
+            f,
+            "contract_deployed",
+            r.severity,
+            None,
+            format!("Contract deployed on {a}"),
+            details,
+        ));
+    }
+    if let (Some(r), true) = (enabled(f.rules, "account_deleted"), f.account_deleted) {
+        out.push(draft(
+            f,
+            "account_deleted",
+            r.severity,
+            None,
+            format!("{a} was deleted"),
+            serde_json::json!({}),
+        ));
+    }
+    if let (Some(r), false) = (enabled(f.rules, "unknown_permission"), f.unknown.is_empty()) {
+        out.push(draft(
+            f,
+            "unknown_permission",
+            r.severity,
+            None,
+            format!("A change keywatch does not know on {a}"),
+            serde_json::json!({"types": f.unknown}),
+        ));
+    }
+    out
+}
+
+/// A value over a window: what it was just before the window, what it is
+/// now (after the settle delay), and for balances the locked part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowValues {
+    pub before: Yocto,
+    pub now: Yocto,
+    /// Stake moved into `locked` meanwhile: not a drop.
+    pub locked_increase: Yocto,
+}
+
+/// Net drop over the window, and whether it crosses a threshold or the floor.
+pub fn window_drop(r: &RuleSettings, v: WindowValues) -> Option<(Yocto, Option<u32>)> {
+    let drop = v
+        .before
+        .0
+        .saturating_sub(v.now.0)
+        .saturating_sub(v.locked_increase.0);
+    let pct = (v.before.0 > 0).then(|| ((drop.saturating_mul(100)) / v.before.0).min(100) as u32);
+    let by_amount = r.min_drop.is_some_and(|m| drop > 0 && drop >= m.0);
+    let by_pct = match (r.min_drop_percent, pct) {
+        (Some(p), Some(actual)) => drop > 0 && actual >= p,
+        _ => false,
+    };
+    let below_floor = r.floor.is_some_and(|f| v.now < f);
+    (by_amount || by_pct || below_floor).then_some((Yocto(drop), pct))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::rules::Severity;
+
+    fn rule() -> RuleSettings {
+        RuleSettings {
+            enabled: true,
+            severity: Severity::Warning,
+            cooldown: std::time::Duration::from_secs(900),
+            min_drop: Some(Yocto(100)),
+            min_drop_percent: Some(50),
+            window: Some(std::time::Duration::from_secs(3600)),
+            floor: None,
+            settle_blocks: Some(3),
+            unrestricted_severity: None,
+            after: None,
+        }
+    }
+
+    #[test]
+    fn a_refunded_charge_is_not_a_drain() {
+        let v = WindowValues {
+            before: Yocto(1000),
+            now: Yocto(990),
+            locked_increase: Yocto(0),
+        };
+        assert_eq!(window_drop(&rule(), v), None);
+    }
+
+    #[test]
+    fn drops_fire_by_amount_percentage_or_floor() {
+        let v = WindowValues {
+            before: Yocto(1000),
+            now: Yocto(850),
+            locked_increase: Yocto(0),
+        };
+        assert_eq!(window_drop(&rule(), v), Some((Yocto(150), Some(15))));
+        let small = RuleSettings {
+            min_drop: None,
+            ..rule()
+        };
+        assert_eq!(
+            window_drop(
+                &small,
+                WindowValues {
+                    before: Yocto(100),
+                    now: Yocto(40),
+                    locked_increase: Yocto(0)
+                }
+            ),
+            Some((Yocto(60), Some(60)))
+        );
+        let floor = RuleSettings {
+            min_drop: None,
+            min_drop_percent: None,
+            floor: Some(Yocto(50)),
+            ..rule()
+        };
+        assert!(
+            window_drop(
+                &floor,
+                WindowValues {
+                    before: Yocto(60),
+                    now: Yocto(49),
+                    locked_increase: Yocto(0)
+                }
+            )
+            .is_some()
+        );
+        assert!(
+            window_drop(
+                &floor,
+                WindowValues {
+                    before: Yocto(60),
+                    now: Yocto(50),
+                    locked_increase: Yocto(0)
+                }
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn staking_is_not_a_drop() {
+        let v = WindowValues {
+            before: Yocto(1000),
+            now: Yocto(500),
+            locked_increase: Yocto(500),
+        };
+        assert_eq!(window_drop(&rule(), v), None);
+    }
+}
