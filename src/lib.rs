@@ -7,8 +7,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod ingest;
+pub mod notify;
 pub mod rpc;
 pub mod rules;
 pub mod sim;

@@ -95,19 +95,27 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
         .await
         .map_err(ingest_failure)?;
     tracing::info!(cursor = cursor.height, "following the chain");
-    let summary = follow(
+    let dispatcher = crate::dispatch::Dispatcher::new(
+        pool.clone(),
+        &settings,
+        std::sync::Arc::new(chrono::Utc::now),
+    )
+    .map_err(|e| Failure::Other(e.into()))?;
+    let (stop_dispatch, dispatch_rx) = tokio::sync::watch::channel(false);
+    let delivering = tokio::spawn(async move { dispatcher.run(dispatch_rx, drain_timeout).await });
+    let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
+    let followed = follow(
         &pool,
         &rpc,
         &follow_options(&settings, opts),
-        Some(&crate::ingest::alerts::AlertContext::from_settings(
-            &settings,
-        )),
+        Some(&ctx),
         stop_on_signal(),
     )
-    .await
-    .map_err(ingest_failure)?;
-    // No delivery channel exists in this version; nothing to drain yet.
-    let _ = drain_timeout;
+    .await;
+    stop_dispatch.send_replace(true);
+    let drained = delivering.await.context("the dispatcher task")?;
+    let summary = followed.map_err(ingest_failure)?;
+    drained.context("delivering alerts")?;
     println!(
         "stopped at block {} ({} blocks, {} key rows, {} balance rows)",
         summary.last_height, summary.blocks, summary.key_rows, summary.balance_rows

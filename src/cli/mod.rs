@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 2 bad input (config, arguments), 1 anything else.
 
+mod alerts;
 mod ingest;
 mod output;
 mod watch;
@@ -77,6 +78,13 @@ pub enum Command {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Alerts and their delivery state per channel.
+    Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsAction>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare stored keys and balances with the chain at the cursor's block.
     Reconcile { accounts: Vec<String> },
     /// Serve a scripted NEAR chain over JSON-RPC (see scenarios/README.md).
@@ -92,6 +100,15 @@ pub enum Command {
         /// Produce no block above this height.
         #[arg(long)]
         until: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsAction {
+    /// Send a test alert through one channel now (nothing is stored).
+    Test {
+        #[arg(long, value_parser = ["email", "webhook"])]
+        channel: String,
     },
 }
 
@@ -179,6 +196,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             ingest::run(&cli.config, opts, drain_timeout).await
         }
+        Command::Alerts { action: None, json } => alerts::list(&cli.config, json).await,
+        Command::Alerts {
+            action: Some(AlertsAction::Test { channel }),
+            ..
+        } => alerts::test(&cli.config, &channel).await,
         Command::Backfill { from, to } => ingest::backfill(&cli.config, from, to).await,
         Command::Reconcile { accounts } => ingest::reconcile(&cli.config, &accounts).await,
     };

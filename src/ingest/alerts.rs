@@ -282,10 +282,15 @@ async fn drain(
         .fetch_one(&mut *tx)
         .await?;
     let start = added.map_or(start, |a| start.max(a));
+    // The value just before the window; if everything keywatch knows of the
+    // key lies inside the window, the earliest value it knows.
     let before: Option<(Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as(
         "select allowance, gas_key_balance from key_history where account_id = $1 and public_key = $2
-           and action in ('added', 'updated') and block_timestamp_ns <= $3
-         order by block_height desc, index_in_block desc limit 1",
+           and action in ('added', 'updated')
+         order by (block_timestamp_ns <= $3) desc,
+                  case when block_timestamp_ns <= $3 then -block_height else block_height end,
+                  case when block_timestamp_ns <= $3 then -index_in_block else index_in_block end
+         limit 1",
     )
     .bind(account.as_str())
     .bind(key)
@@ -351,8 +356,11 @@ async fn balance_drop(
     };
     let start = window_start(r, now_ns);
     let before: Option<(Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as(
-        "select amount, locked from balance_history where account_id = $1 and not deleted and block_timestamp_ns <= $2
-         order by block_height desc, index_in_block desc limit 1",
+        "select amount, locked from balance_history where account_id = $1 and not deleted
+         order by (block_timestamp_ns <= $2) desc,
+                  case when block_timestamp_ns <= $2 then -block_height else block_height end,
+                  case when block_timestamp_ns <= $2 then -index_in_block else index_in_block end
+         limit 1",
     )
     .bind(account.as_str())
     .bind(start)

@@ -153,7 +153,7 @@ pub async fn record_attempt(
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "update alert_deliveries set attempts = attempts + 1, status = $2, last_error = $3,
+        "update alert_deliveries set attempts = attempts + 1, status = $2, last_error = coalesce($3, last_error),
             next_attempt_at = coalesce($4, next_attempt_at),
             delivered_at = case when $2 = 'delivered' then $5 else delivered_at end,
             batch_id = coalesce($6, batch_id)

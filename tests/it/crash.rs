@@ -285,3 +285,107 @@ async fn reconcile_exits_1_on_drift_and_0_once_corrected(pool: PgPool) {
             .contains("no drift: 1 account(s) match the chain at block")
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_kill_after_the_smtp_server_took_a_message_gives_at_most_one_duplicate(pool: PgPool) {
+    use crate::smtp::{Mode, SmtpServer};
+    let smtp = SmtpServer::start().await;
+    let scenario = keywatch::sim::Scenario::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml"),
+    )
+    .unwrap();
+    let sim = Simulator::start(
+        scenario,
+        SimOptions {
+            until: Some(1008),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    sim.advance_to(1002);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replace("[ingest]\n", "[ingest]\nstart = 1001\n");
+    text.push_str(&format!(
+        "[notify]\nmax_age = \"3650days\"\nretry_min = \"100ms\"\n[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"60s\"\nfrom = \"kw@example.com\"\nto = [\"ops@example.com\"]\n",
+        smtp.port
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let db = database_url(&pool);
+    assert!(
+        keywatch(&cfg, &db, &["watch", "add", "treasury.near"])
+            .output()
+            .await
+            .unwrap()
+            .status
+            .success()
+    );
+    sim.advance_to(1008);
+    // The server keeps the message and never confirms it; keywatch is killed
+    // while waiting for the confirmation.
+    smtp.set_mode(Mode::StallAfterData);
+    let mut child = keywatch(&cfg, &db, &["run", "--until-height", "1006"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while smtp.mails().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no mail arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("select count(*) from alert_log where status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let all: i64 = sqlx::query_scalar("select count(*) from alert_log")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, all, "none marked sent");
+    smtp.set_mode(Mode::Accept);
+    let out = keywatch(&cfg, &db, &["run", "--until-height", "1006"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mails = smtp.mails();
+    let mut per_id: std::collections::BTreeMap<String, usize> = Default::default();
+    for m in &mails {
+        *per_id.entry(m.header("Message-ID").unwrap()).or_default() += 1;
+    }
+    let alerts: i64 = sqlx::query_scalar("select count(*) from alerts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        per_id.len() as i64,
+        alerts,
+        "every alert arrived: {per_id:?}"
+    );
+    let stalled = mails[0].header("Message-ID").unwrap();
+    assert_eq!(
+        per_id[&stalled], 2,
+        "the interrupted one arrived again, with the same Message-ID"
+    );
+    assert!(
+        per_id.values().all(|n| *n <= 2),
+        "at most one duplicate: {per_id:?}"
+    );
+    assert_eq!(per_id.values().filter(|n| **n == 2).count(), 1);
+    let statuses: Vec<(String, i32)> = sqlx::query_as("select status, attempts from alert_log")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(
+        statuses.iter().all(|(s, a)| s == "delivered" && *a == 1),
+        "the killed attempt left no record; nothing lost: {statuses:?}"
+    );
+}

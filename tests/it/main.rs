@@ -1,5 +1,6 @@
 //! keywatch's integration tests: one binary, one link step.
 
+mod alerts;
 mod cli;
 mod config;
 mod crash;
@@ -8,5 +9,6 @@ mod parsers;
 mod rpc_client;
 pub mod samples;
 mod sim;
+mod smtp;
 mod store;
 mod support;

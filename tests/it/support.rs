@@ -71,11 +71,13 @@ type Handler = dyn Fn(usize, &Value) -> Canned + Send + Sync;
 struct ServerState {
     handler: Arc<Handler>,
     log: Arc<Mutex<Vec<(Instant, Value, HeaderMap)>>>,
+    raw: Arc<Mutex<Vec<Bytes>>>,
 }
 
 pub struct FakeNode {
     pub url: String,
     log: Arc<Mutex<Vec<(Instant, Value, HeaderMap)>>>,
+    raw: Arc<Mutex<Vec<Bytes>>>,
 }
 
 impl FakeNode {
@@ -84,9 +86,11 @@ impl FakeNode {
         handler: impl Fn(usize, &Value) -> Canned + Send + Sync + 'static,
     ) -> FakeNode {
         let log = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
         let state = ServerState {
             handler: Arc::new(handler),
             log: log.clone(),
+            raw: raw.clone(),
         };
         let app = axum::Router::new()
             .route("/", axum::routing::post(serve))
@@ -94,7 +98,12 @@ impl FakeNode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeNode { url, log }
+        FakeNode { url, log, raw }
+    }
+
+    /// The exact request bodies received.
+    pub fn bodies(&self) -> Vec<Bytes> {
+        self.raw.lock().unwrap().clone()
     }
 
     pub fn requests(&self) -> Vec<Value> {
@@ -132,6 +141,7 @@ impl FakeNode {
 
 async fn serve(State(state): State<ServerState>, headers: HeaderMap, body: Bytes) -> Response {
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.raw.lock().unwrap().push(body.clone());
     let idx = {
         let mut log = state.log.lock().unwrap();
         log.push((Instant::now(), req.clone(), headers));

@@ -1,0 +1,120 @@
+//! `keywatch alerts` and `keywatch alerts test`.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::cli::{CmdResult, Failure, bad_input, connect, load_settings};
+use crate::store::alerts::Delivery;
+
+pub async fn list(config: &Path, json: bool) -> CmdResult {
+    let settings = load_settings(config)?;
+    let pool = connect(&settings).await?;
+    let mut conn = pool.acquire().await.context("connecting")?;
+    let rows = crate::store::alerts::log(&mut conn)
+        .await
+        .context("reading alert_log")?;
+    let unsent = crate::store::alerts::undelivered(&mut conn)
+        .await
+        .context("reading alerts")?;
+    if json {
+        let unsent: Vec<_> = unsent
+            .iter()
+            .map(|(id, rule, sev, title, h)| serde_json::json!({"alert_id": id, "rule": rule, "severity": sev, "title": title, "block_height": h, "channel": null, "status": "no channel"}))
+            .collect();
+        let all = serde_json::json!({"deliveries": rows, "without_channel": unsent});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).context("encoding json")?
+        );
+        return Ok(());
+    }
+    if rows.is_empty() && unsent.is_empty() {
+        println!("no alerts");
+    }
+    for r in &rows {
+        println!(
+            "#{} [{}] {} (block {})  {}: {} after {} attempt(s){}{}",
+            r.alert_id,
+            r.severity,
+            r.title,
+            r.block_height,
+            r.channel,
+            r.status,
+            r.attempts,
+            r.delivered_at
+                .map(|t| format!(" at {}", t.format("%Y-%m-%d %H:%M:%S")))
+                .unwrap_or_default(),
+            r.last_error
+                .as_ref()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    for (id, _, sev, title, h) in &unsent {
+        println!("#{id} [{sev}] {title} (block {h})  no channel configured");
+    }
+    Ok(())
+}
+
+pub async fn test(config: &Path, channel: &str) -> CmdResult {
+    let settings = load_settings(config)?;
+    let now = chrono::Utc::now();
+    let d = Delivery {
+        delivery_id: 0,
+        alert_id: 0,
+        channel: channel.to_owned(),
+        attempts: 0,
+        rule: "test".into(),
+        severity: "info".into(),
+        account_id: "example.near".into(),
+        public_key: None,
+        block_height: 0,
+        block_hash: "11111111111111111111111111111111".into(),
+        block_time: now,
+        title: "keywatch test alert".into(),
+        details: serde_json::json!({}),
+        created_at: now,
+    };
+    let n = &settings.notify;
+    let result = match channel {
+        "email" => {
+            let cfg = n
+                .email
+                .as_ref()
+                .ok_or_else(|| bad_input("notify.email is not enabled"))?;
+            let sender =
+                crate::notify::email::EmailSender::new(cfg, &n.explorer_url).map_err(bad_input)?;
+            sender
+                .send(
+                    std::slice::from_ref(&d),
+                    Some(&format!("test-{}", now.timestamp())),
+                )
+                .await
+        }
+        _ => {
+            let cfg = n
+                .webhook
+                .as_ref()
+                .ok_or_else(|| bad_input("notify.webhook is not enabled"))?;
+            let sender = crate::notify::webhook::WebhookSender::new(cfg, &n.explorer_url)
+                .map_err(bad_input)?;
+            sender
+                .send(
+                    std::slice::from_ref(&d),
+                    Some(&format!("test-{}", now.timestamp())),
+                    now,
+                )
+                .await
+        }
+    };
+    match result {
+        Ok(()) => {
+            println!("test alert sent through {channel}");
+            Ok(())
+        }
+        Err(e) => Err(Failure::Other(anyhow::anyhow!(
+            "sending the test alert through {channel} failed: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,116 @@
+//! Email through lettre's async SMTP transport: plain (loopback), STARTTLS
+//! or implicit TLS, with optional authentication. The Message-ID is derived
+//! from the alert (or batch) id, so a duplicate delivery is recognisable.
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+
+use crate::config::{EmailConfig, Severity, SmtpTls};
+use crate::notify::SendError;
+use crate::notify::render;
+use crate::store::alerts::Delivery;
+
+pub struct EmailSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+    to_by_severity: std::collections::BTreeMap<Severity, Vec<Mailbox>>,
+    explorer: String,
+    hostname: String,
+}
+
+impl EmailSender {
+    pub fn new(cfg: &EmailConfig, explorer: &str) -> Result<EmailSender, String> {
+        crate::rpc::transport::install_crypto_provider();
+        let builder = match cfg.tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host),
+            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host)
+                .map_err(|e| format!("smtp host {:?}: {e}", cfg.host))?,
+            SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host)
+                .map_err(|e| format!("smtp host {:?}: {e}", cfg.host))?,
+        };
+        let mut builder = builder.port(cfg.port).timeout(Some(cfg.timeout));
+        if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                pass.expose_secret().to_owned(),
+            ));
+        }
+        let hostname = cfg.from.email.domain().to_owned();
+        Ok(EmailSender {
+            transport: builder.build(),
+            from: cfg.from.clone(),
+            to: cfg.to.clone(),
+            to_by_severity: cfg.to_by_severity.clone(),
+            explorer: explorer.to_owned(),
+            hostname,
+        })
+    }
+
+    fn recipients(&self, ds: &[Delivery]) -> Vec<Mailbox> {
+        let mut out = self.to.clone();
+        for d in ds {
+            let sev = Severity::parse(&d.severity).unwrap_or(Severity::Critical);
+            for m in self.to_by_severity.get(&sev).into_iter().flatten() {
+                if !out.contains(m) {
+                    out.push(m.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// One alert, or a batch of them, as one message.
+    pub fn message(&self, ds: &[Delivery], batch_id: Option<&str>) -> Result<Message, SendError> {
+        let (subject, id) = match (ds, batch_id) {
+            ([one], None) => (
+                render::subject(one),
+                format!("<keywatch-alert-{}@{}>", one.alert_id, self.hostname),
+            ),
+            _ => (
+                render::batch_subject(ds),
+                format!(
+                    "<keywatch-{}@{}>",
+                    batch_id.unwrap_or("batch"),
+                    self.hostname
+                ),
+            ),
+        };
+        let mut b = Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .message_id(Some(id));
+        let to = self.recipients(ds);
+        if to.is_empty() {
+            return Err(SendError {
+                permanent: true,
+                message: "no recipients for this severity".into(),
+            });
+        }
+        for m in to {
+            b = b.to(m);
+        }
+        b.multipart(MultiPart::alternative_plain_html(
+            render::text(ds, &self.explorer),
+            render::html(ds, &self.explorer),
+        ))
+        .map_err(|e| SendError {
+            permanent: true,
+            message: format!("cannot build the message: {e}"),
+        })
+    }
+
+    pub async fn send(&self, ds: &[Delivery], batch_id: Option<&str>) -> Result<(), SendError> {
+        let msg = self.message(ds, batch_id)?;
+        self.transport
+            .send(msg)
+            .await
+            .map(|_| ())
+            .map_err(|e| SendError {
+                permanent: e.is_permanent(),
+                message: format!("smtp: {e}"),
+            })
+    }
+}

@@ -1,0 +1,220 @@
+//! What an alert says: the subject a person understands at a glance, a body
+//! that says what happened, where, and what to do next, and the versioned
+//! webhook payload.
+
+use serde_json::{Value, json};
+
+use crate::store::alerts::Delivery;
+
+/// Webhook payload version; bump on incompatible changes.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+pub fn subject(d: &Delivery) -> String {
+    format!("[{}] {}", d.severity.to_uppercase(), d.title)
+}
+
+pub fn batch_subject(ds: &[Delivery]) -> String {
+    let accounts: std::collections::BTreeSet<&str> =
+        ds.iter().map(|d| d.account_id.as_str()).collect();
+    let worst = if ds.iter().any(|d| d.severity == "warning") {
+        "WARNING"
+    } else {
+        "INFO"
+    };
+    format!(
+        "[{worst}] {} alerts on {}",
+        ds.len(),
+        accounts.into_iter().collect::<Vec<_>>().join(", ")
+    )
+}
+
+fn advice(rule: &str) -> &'static str {
+    match rule {
+        "new_full_access_key" => {
+            "If you did not add this key, someone else can now do anything with this account. From a machine you trust, delete the key with a full-access key you control, move the funds to a safe account, and rotate every other key."
+        }
+        "new_function_call_key" => {
+            "Check that you added this key and that its receiver and methods are what you expect; delete it otherwise."
+        }
+        "key_deleted" => {
+            "Confirm that this deletion was intended. If not, a full-access key is in someone else's hands: act as for a new full-access key."
+        }
+        "key_used" => {
+            "A key kept cold has signed a transaction. Treat it as compromised: delete it with another full-access key and move the funds."
+        }
+        "account_locked" => {
+            "No full-access key can sign for this account any more: nobody can add keys or move funds with a full-access key. If that was not intended, it cannot be undone on chain."
+        }
+        "allowance_drain" => {
+            "A key is spending its allowance or gas balance fast. Check what it signed; delete the key if the spending is not yours."
+        }
+        "balance_drop" => {
+            "Check the transactions that moved the funds; if they are not yours, the account's keys are compromised."
+        }
+        "contract_deployed" => {
+            "Code now runs on this account and can move its funds. If you did not deploy it, the account is compromised."
+        }
+        "account_deleted" => {
+            "The account no longer exists; its remaining balance went to the beneficiary named in the deletion."
+        }
+        "unknown_permission" => {
+            "The chain reported a permission or change this version of keywatch does not know. It is stored raw; upgrade keywatch to judge it."
+        }
+        "state_drift" => {
+            "keywatch's stored state differs from the chain. It has been corrected; check the reconcile rows and the rpc node."
+        }
+        "ingest_stalled" => {
+            "keywatch is not following the chain: check the rpc urls and the logs. Changes in the gap may have gone unnoticed."
+        }
+        _ => "Check the account.",
+    }
+}
+
+fn link(explorer: &str, what: &str, id: &str) -> String {
+    format!("{}/{what}/{id}", explorer.trim_end_matches('/'))
+}
+
+/// Facts of one alert as `(label, value, optional link)` lines.
+fn facts(d: &Delivery, explorer: &str) -> Vec<(String, String, Option<String>)> {
+    let detail = |k: &str| d.details.get(k).and_then(Value::as_str).map(str::to_owned);
+    let mut out = vec![];
+    let account = match detail("label") {
+        Some(label) => format!("{} ({label})", d.account_id),
+        None => d.account_id.clone(),
+    };
+    if !d.account_id.is_empty() {
+        out.push((
+            "Account".into(),
+            account,
+            Some(link(explorer, "address", &d.account_id)),
+        ));
+    }
+    if let Some(k) = &d.public_key {
+        out.push(("Key".into(), k.clone(), None));
+    }
+    if let Some(p) = detail("permission_text") {
+        out.push(("Permission".into(), p, None));
+    }
+    for (k, label) in [("before", "Before"), ("now", "Now"), ("drop", "Drop")] {
+        if let Some(v) = detail(k).and_then(|v| crate::domain::Yocto::parse(&v).ok()) {
+            out.push((label.into(), v.to_near_string(), None));
+        }
+    }
+    out.push((
+        "Block".into(),
+        format!(
+            "{} at {}",
+            d.block_height,
+            d.block_time.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        Some(link(explorer, "blocks", &d.block_hash)),
+    ));
+    if let Some(tx) = detail("tx_hash") {
+        out.push((
+            "Transaction".into(),
+            tx.clone(),
+            Some(link(explorer, "txns", &tx)),
+        ));
+    }
+    if let Some(r) = detail("receipt_hash") {
+        out.push(("Receipt".into(), r, None));
+    }
+    out
+}
+
+pub fn text(ds: &[Delivery], explorer: &str) -> String {
+    let mut s = String::new();
+    for d in ds {
+        s.push_str(&format!("{}\n\n", subject(d)));
+        for (label, value, link) in facts(d, explorer) {
+            s.push_str(&format!(
+                "{label}: {value}{}\n",
+                link.map(|l| format!(" <{l}>")).unwrap_or_default()
+            ));
+        }
+        s.push_str(&format!(
+            "\nWhat to do: {}\n\nRule {}, alert {}.\n\n",
+            advice(&d.rule),
+            d.rule,
+            d.alert_id
+        ));
+    }
+    s.push_str("-- keywatch\n");
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+pub fn html(ds: &[Delivery], explorer: &str) -> String {
+    let mut s = String::from("<html><body style=\"font-family:sans-serif\">");
+    for d in ds {
+        let color = match d.severity.as_str() {
+            "critical" => "#b00020",
+            "warning" => "#b26a00",
+            _ => "#333333",
+        };
+        s.push_str(&format!(
+            "<h2 style=\"color:{color}\">{}</h2><table>",
+            esc(&subject(d))
+        ));
+        for (label, value, link) in facts(d, explorer) {
+            let v = match link {
+                Some(l) => format!("<a href=\"{}\">{}</a>", esc(&l), esc(&value)),
+                None => format!("<code>{}</code>", esc(&value)),
+            };
+            s.push_str(&format!(
+                "<tr><th align=\"left\">{}</th><td>{v}</td></tr>",
+                esc(&label)
+            ));
+        }
+        s.push_str(&format!(
+            "</table><p><b>What to do:</b> {}</p><p style=\"color:#777\">Rule {}, alert {}.</p>",
+            esc(advice(&d.rule)),
+            esc(&d.rule),
+            d.alert_id
+        ));
+    }
+    s.push_str("</body></html>");
+    s
+}
+
+pub fn alert_json(d: &Delivery) -> Value {
+    json!({
+        "id": d.alert_id, "rule": d.rule, "severity": d.severity, "account_id": d.account_id,
+        "public_key": d.public_key, "block_height": d.block_height, "block_hash": d.block_hash,
+        "block_time": d.block_time, "title": d.title, "details": d.details, "created_at": d.created_at,
+    })
+}
+
+/// The keywatch webhook payload (`version` 1): one alert, or a batch.
+pub fn payload(ds: &[Delivery], batch_id: Option<&str>) -> Value {
+    match (ds, batch_id) {
+        ([one], None) => json!({"version": PAYLOAD_VERSION, "alert": alert_json(one)}),
+        _ => {
+            json!({"version": PAYLOAD_VERSION, "batch_id": batch_id, "alerts": ds.iter().map(alert_json).collect::<Vec<_>>()})
+        }
+    }
+}
+
+/// A Slack-compatible incoming-webhook body.
+pub fn slack(ds: &[Delivery], explorer: &str) -> Value {
+    let lines: Vec<String> = ds
+        .iter()
+        .map(|d| {
+            let mut l = format!("*{}*", subject(d));
+            for (label, value, link) in facts(d, explorer) {
+                l.push_str(&format!(
+                    "\n{label}: {}",
+                    link.map(|u| format!("<{u}|{value}>")).unwrap_or(value)
+                ));
+            }
+            l
+        })
+        .collect();
+    json!({"text": lines.join("\n\n")})
+}

@@ -1,0 +1,497 @@
+//! Rules and delivery end to end: the simulator plays the attack story,
+//! keywatch ingests it into a real Postgres, and alerts go through lettre to
+//! a real SMTP server and through HTTP to a real receiver on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keywatch::config::{Settings, StartAt};
+use keywatch::dispatch::Dispatcher;
+use keywatch::ingest::alerts::AlertContext;
+use keywatch::ingest::baseline::{init_cursor, start_tracking};
+use keywatch::ingest::follower::{FollowOptions, follow};
+use keywatch::sim::{Scenario, SimOptions, Simulator};
+use keywatch::store::watch::NewWatch;
+use sqlx::PgPool;
+
+use crate::smtp::{Mode, SmtpServer};
+use crate::support::{Canned, FakeNode};
+
+const SECRET: &str = "webhook-test-secret";
+
+fn settings(sim: &str, smtp: u16, hook: &str, max_age: &str, accounts: &str) -> Settings {
+    let text = format!(
+        r#"
+[rpc]
+urls = ["{sim}"]
+chain_id = "localnet"
+requests_per_second = 0
+backoff_min = "1ms"
+backoff_max = "5ms"
+[notify]
+max_age = "{max_age}"
+retry_min = "1s"
+retry_max = "10s"
+max_attempts = 5
+batch_after = 10
+batch_interval = "5m"
+[notify.email]
+enabled = true
+host = "127.0.0.1"
+port = {smtp}
+tls = "none"
+from = "keywatch <keywatch@example.com>"
+to = ["ops@example.com"]
+to_critical = ["oncall@example.com"]
+[notify.webhook]
+enabled = true
+url = "{hook}"
+{accounts}
+"#
+    );
+    let env: HashMap<String, String> = [(
+        "KEYWATCH__NOTIFY__WEBHOOK__SECRET".to_owned(),
+        SECRET.to_owned(),
+    )]
+    .into();
+    Settings::from_toml(&text, std::path::Path::new("test.toml"), &env).unwrap()
+}
+
+const STORY_ACCOUNTS: &str = r#"
+[[accounts]]
+id = "treasury.near"
+label = "DAO treasury"
+expected_keys = ["ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6"]
+[[accounts]]
+id = "relayer.near"
+[[accounts]]
+id = "bob.near"
+"#;
+
+fn story() -> Scenario {
+    Scenario::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml"))
+        .unwrap()
+}
+
+type Clock = Arc<Mutex<chrono::DateTime<chrono::Utc>>>;
+
+fn clock() -> (Clock, keywatch::dispatch::Clock) {
+    let c = Arc::new(Mutex::new(chrono::Utc::now()));
+    let c2 = c.clone();
+    (c, Arc::new(move || *c2.lock().unwrap()))
+}
+
+/// Watches the config's accounts near genesis, then ingests the whole chain
+/// with the rules on.
+async fn ingest(pool: &PgPool, sim: &Simulator, s: &Settings, start: u64) {
+    sim.advance_to(start + 2);
+    let rpc = crate::ingest::client(&sim.url());
+    let watches: Vec<NewWatch> = s
+        .accounts
+        .iter()
+        .map(|a| NewWatch {
+            account_id: a.id.clone(),
+            label: a.label.clone(),
+            expected_keys: a.expected_keys.clone(),
+            cold_keys: a.cold_keys.clone(),
+            allow_missing: false,
+        })
+        .collect();
+    start_tracking(pool, &rpc, "localnet", &watches, false)
+        .await
+        .unwrap();
+    init_cursor(pool, &rpc, StartAt::Height(start + 1))
+        .await
+        .unwrap();
+    sim.run_to_end();
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let opts = FollowOptions {
+        exit_when_caught_up: true,
+        concurrency: 4,
+        poll_interval: Duration::from_millis(5),
+        ..FollowOptions::default()
+    };
+    follow(
+        pool,
+        &rpc,
+        &opts,
+        Some(&AlertContext::from_settings(s)),
+        stop,
+    )
+    .await
+    .unwrap();
+}
+
+async fn dispatch_all(d: &Dispatcher) {
+    for _ in 0..20 {
+        if d.run_once().await.unwrap() == 0 {
+            return;
+        }
+    }
+}
+
+async fn alerts(pool: &PgPool) -> Vec<(String, String, String)> {
+    let mut rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("select rule, account_id, public_key from alerts order by id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.sort();
+    rows.into_iter()
+        .map(|(r, a, k)| (r, a, k.map(|k| k[..12].to_owned()).unwrap_or_default()))
+        .collect()
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn the_attack_story_raises_exactly_the_designed_alerts_by_email_and_webhook(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let sim = Simulator::start(story(), SimOptions::default())
+        .await
+        .unwrap();
+    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
+    ingest(&pool, &sim, &s, 1000).await;
+
+    let t = |r: &str, a: &str, k: &str| (r.to_owned(), a.to_owned(), k.to_owned());
+    let mut expected = vec![
+        t("account_deleted", "bob.near", ""),
+        t("account_locked", "treasury.near", ""),
+        t("allowance_drain", "relayer.near", "ed25519:GbRg"),
+        t("balance_drop", "treasury.near", ""),
+        t("contract_deployed", "relayer.near", ""),
+        t("contract_deployed", "treasury.near", ""),
+        t("key_deleted", "treasury.near", "ed25519:2czE"),
+        t("key_deleted", "treasury.near", "ed25519:8FtS"),
+        t("key_deleted", "treasury.near", "ed25519:8GGz"),
+        t("key_deleted", "treasury.near", "ed25519:GVyf"),
+        t("new_full_access_key", "treasury.near", "ed25519:8GGz"),
+        t("new_full_access_key", "treasury.near", "ed25519:GVyf"),
+    ];
+    expected.sort();
+    assert_eq!(
+        alerts(&pool).await,
+        expected,
+        "the expected key (8FtS) raises no new-key alert"
+    );
+
+    let (_, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
+    dispatch_all(&d).await;
+
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 12, "one mail per alert");
+    let mut ids: Vec<String> = mails
+        .iter()
+        .map(|m| m.header("Message-ID").unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "distinct Message-IDs");
+    let subjects: Vec<String> = mails.iter().map(|m| m.header("Subject").unwrap()).collect();
+    assert!(
+        subjects.contains(&"[CRITICAL] New full-access key on treasury.near".to_owned()),
+        "{subjects:#?}"
+    );
+    assert!(
+        subjects.contains(&"[CRITICAL] New gas key with full access on treasury.near".to_owned()),
+        "{subjects:#?}"
+    );
+    assert!(
+        subjects.contains(&"[CRITICAL] treasury.near has no full-access key left".to_owned()),
+        "{subjects:#?}"
+    );
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.starts_with("[CRITICAL] Balance of treasury.near dropped by 2000.")),
+        "{subjects:#?}"
+    );
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.starts_with("[WARNING] Allowance of a key on relayer.near fell by 0.7")),
+        "{subjects:#?}"
+    );
+    let fa = mails
+        .iter()
+        .find(|m| m.header("Subject").unwrap() == "[CRITICAL] New full-access key on treasury.near")
+        .unwrap();
+    assert!(
+        fa.rcpt.iter().any(|r| r.contains("oncall@example.com"))
+            && fa.rcpt.iter().any(|r| r.contains("ops@example.com")),
+        "critical goes to on-call too: {:?}",
+        fa.rcpt
+    );
+    let body = fa.data.replace("=\n", "");
+    for part in [
+        "treasury.near (DAO treasury)",
+        "ed25519:GVyfcv74EyA6DNkQTap8k122oMnyjt6ufH7q3ger3EMq",
+        "full access",
+        "Block: 1006",
+        "Receipt:",
+        "What to do:",
+        "text/html",
+        "https://nearblocks.io/address/treasury.near",
+    ] {
+        assert!(body.contains(part), "missing {part:?} in\n{body}");
+    }
+    let warn = mails
+        .iter()
+        .find(|m| m.header("Subject").unwrap().starts_with("[WARNING]"))
+        .unwrap();
+    assert!(
+        !warn.rcpt.iter().any(|r| r.contains("oncall")),
+        "warnings are not routed to on-call"
+    );
+
+    // webhooks: 12, signed over the exact body
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 12);
+    for (i, body) in bodies.iter().enumerate() {
+        let ts: i64 = hook
+            .header(i, "x-keywatch-timestamp")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let sig = hook.header(i, "x-keywatch-signature").unwrap();
+        assert_eq!(sig, keywatch::notify::webhook::signature(SECRET, ts, body));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(
+            hook.header(i, "x-keywatch-delivery").unwrap(),
+            format!("alert-{}", v["alert"]["id"])
+        );
+    }
+    let log: Vec<(String, String)> = sqlx::query_as("select channel, status from alert_log")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 24);
+    assert!(log.iter().all(|(_, s)| s == "delivered"), "{log:?}");
+}
+
+async fn one_alert_story(
+    pool: &PgPool,
+    smtp: &SmtpServer,
+    hook: &FakeNode,
+) -> (Settings, Simulator) {
+    let sim = Simulator::start(
+        story(),
+        SimOptions {
+            until: Some(1008),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
+    ingest(pool, &sim, &s, 1000).await;
+    (s, sim)
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn an_smtp_server_that_refuses_for_a_while_gets_every_alert_afterwards(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let (s, _sim) = one_alert_story(&pool, &smtp, &hook).await;
+    let count: i64 = sqlx::query_scalar("select count(*) from alerts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        count, 1,
+        "the attacker's key at 1006 (the chain stops at 1008)"
+    );
+    smtp.set_mode(Mode::Refuse);
+    let (clock, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
+    for _ in 0..3 {
+        d.run_once().await.unwrap();
+        let later = *clock.lock().unwrap() + chrono::Duration::seconds(30);
+        *clock.lock().unwrap() = later;
+    }
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("select status, attempts from alert_deliveries where channel = 'email'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 3),
+        "still pending after three refused attempts"
+    );
+    smtp.set_mode(Mode::Accept);
+    let later = *clock.lock().unwrap() + chrono::Duration::seconds(60);
+    *clock.lock().unwrap() = later;
+    dispatch_all(&d).await;
+    assert_eq!(smtp.mails().len(), 1);
+    let (status, attempts, err): (String, i32, Option<String>) = sqlx::query_as(
+        "select status, attempts, last_error from alert_log where channel = 'email'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("delivered", 4));
+    assert!(err.is_some(), "the last error is kept");
+    let transient: i64 =
+        sqlx::query_scalar("select count(*) from delivery_attempts where outcome = 'transient'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(transient, 3, "every attempt recorded");
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_permanent_smtp_rejection_fails_after_one_attempt(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let (s, _sim) = one_alert_story(&pool, &smtp, &hook).await;
+    smtp.set_mode(Mode::Reject550);
+    let (_, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
+    dispatch_all(&d).await;
+    let (status, attempts, err): (String, i32, Option<String>) = sqlx::query_as(
+        "select status, attempts, last_error from alert_log where channel = 'email'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("failed", 1));
+    assert!(err.unwrap().contains("550"), "the rejection is shown");
+    let webhook: String =
+        sqlx::query_scalar("select status from alert_log where channel = 'webhook'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(webhook, "delivered", "channels fail independently");
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_rejecting_webhook_is_permanent_and_a_failing_one_is_retried(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|i, _| {
+        if i == 0 {
+            Canned::text(503, "busy")
+        } else {
+            Canned::text(410, "gone")
+        }
+    })
+    .await;
+    let (s, _sim) = one_alert_story(&pool, &smtp, &hook).await;
+    let (clock, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
+    d.run_once().await.unwrap();
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("select status, attempts from alert_log where channel = 'webhook'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 1),
+        "503 is transient"
+    );
+    let later = *clock.lock().unwrap() + chrono::Duration::seconds(60);
+    *clock.lock().unwrap() = later;
+    d.run_once().await.unwrap();
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("select status, attempts from alert_log where channel = 'webhook'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("failed", 2),
+        "410 is permanent"
+    );
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn alerts_for_old_blocks_are_suppressed_and_nothing_is_sent(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let mut sc = story();
+    sc.chain.genesis_time_ns = 1_767_225_600_000_000_000; // 2026-01-01: a backfill of old blocks
+    let sim = Simulator::start(sc, SimOptions::default()).await.unwrap();
+    let s = settings(&sim.url(), smtp.port, &hook.url, "1h", STORY_ACCOUNTS);
+    ingest(&pool, &sim, &s, 1000).await;
+    let (_, now) = clock();
+    dispatch_all(&Dispatcher::new(pool.clone(), &s, now).unwrap()).await;
+    let statuses: Vec<String> = sqlx::query_scalar("select distinct status from alert_log")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(statuses, ["suppressed"]);
+    let n: i64 = sqlx::query_scalar("select count(*) from alerts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 12, "recorded all the same");
+    assert!(smtp.mails().is_empty() && hook.bodies().is_empty());
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn fifty_new_keys_in_a_minute_are_batched_but_a_critical_goes_alone(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let mut text = String::from(
+        "[chain]\nstart_height = 100\ngenesis_time = \"2030-01-01T00:00:00Z\"\n[[accounts]]\nid = \"hot.near\"\namount = \"100\"\nkeys = [{ key = \"ed25519:2czEoxvpiTZ8isg5dwfw1hbUyxUVALZSuhBAhd6BVAMx\", permission = \"full_access\" }]\n",
+    );
+    for i in 0..50u64 {
+        let key = keywatch::sim::scenario::seeded_key(77, i);
+        text.push_str(&format!("[[actions]]\nat = {}\ndo = \"add_key\"\naccount = \"hot.near\"\nkey = \"{key}\"\npermission = {{ function_call = {{ allowance = \"0.25\", receiver = \"app.near\", methods = [\"relay\"] }} }}\n", 102 + i));
+    }
+    text.push_str("[[actions]]\nat = 125\ndo = \"add_key\"\naccount = \"hot.near\"\nkey = \"ed25519:GVyfcv74EyA6DNkQTap8k122oMnyjt6ufH7q3ger3EMq\"\npermission = \"full_access\"\n");
+    let sim = Simulator::start(
+        Scenario::from_toml(&text, "fifty").unwrap(),
+        SimOptions::default(),
+    )
+    .await
+    .unwrap();
+    let s = settings(
+        &sim.url(),
+        smtp.port,
+        &hook.url,
+        "3650days",
+        "[[accounts]]\nid = \"hot.near\"\n",
+    );
+    ingest(&pool, &sim, &s, 100).await;
+    let (_, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
+    dispatch_all(&d).await;
+    let n: i64 = sqlx::query_scalar("select count(*) from alert_log where channel = 'email'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 51, "every alert is in alert_log");
+    let delivered: i64 = sqlx::query_scalar(
+        "select count(*) from alert_log where channel = 'email' and status = 'delivered'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(delivered, 51);
+    let mails = smtp.mails();
+    assert_eq!(
+        mails.len(),
+        2,
+        "one batch and the critical alone: {:?}",
+        mails
+            .iter()
+            .map(|m| m.header("Subject"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.header("Subject").unwrap() == "[CRITICAL] New full-access key on hot.near")
+    );
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.header("Subject").unwrap() == "[WARNING] 50 alerts on hot.near")
+    );
+    let batches: i64 = sqlx::query_scalar("select count(distinct batch_id) from alert_deliveries where channel = 'email' and batch_id is not null").fetch_one(&pool).await.unwrap();
+    assert_eq!(batches, 1, "each batched delivery records its batch");
+}
