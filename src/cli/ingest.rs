@@ -104,6 +104,12 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     let (stop_dispatch, dispatch_rx) = tokio::sync::watch::channel(false);
     let delivering = tokio::spawn(async move { dispatcher.run(dispatch_rx, drain_timeout).await });
     let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
+    let watching = tokio::spawn(crate::ingest::follower::watchdog(
+        pool.clone(),
+        ctx.clone(),
+        Duration::from_secs(30),
+        stop_dispatch.subscribe(),
+    ));
     let followed = follow(
         &pool,
         &rpc,
@@ -113,6 +119,7 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     )
     .await;
     stop_dispatch.send_replace(true);
+    watching.await.context("the stall watchdog")?;
     let drained = delivering.await.context("the dispatcher task")?;
     let summary = followed.map_err(ingest_failure)?;
     drained.context("delivering alerts")?;
@@ -186,7 +193,8 @@ pub async fn reconcile(config: &Path, raw: &[String]) -> CmdResult {
     rpc.verify_chain(&settings.rpc.chain_id)
         .await
         .context("checking the rpc node")?;
-    let report = crate::ingest::reconcile::reconcile(&pool, &rpc, &accounts)
+    let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
+    let report = crate::ingest::reconcile::reconcile(&pool, &rpc, &accounts, Some(&ctx))
         .await
         .map_err(ingest_failure)?;
     for d in &report.differences {

@@ -84,7 +84,7 @@ pub async fn queue(
     drafts: Vec<(AlertDraft, Duration)>,
 ) -> Result<usize, IngestError> {
     let block_time = ns_to_time(header.timestamp_ns);
-    let send = block_time
+    let recent = block_time
         >= (ctx.now)() - chrono::Duration::from_std(ctx.max_age).unwrap_or(chrono::Duration::MAX);
     let hash = header.hash.to_string();
     let at = Decided {
@@ -101,6 +101,8 @@ pub async fn queue(
         {
             continue;
         }
+        // Alerts about keywatch itself are news whatever the block's age.
+        let send = recent || matches!(d.rule, "ingest_stalled" | "state_drift");
         if insert(tx, &d, &at, &ctx.channels, send).await?.is_some() {
             created += 1;
         }
@@ -398,4 +400,35 @@ async fn balance_drop(
         details: serde_json::json!({"account_id": account, "before": b_amount.to_string(), "now": now_amount.to_string(),
             "drop": drop.to_string(), "percent": pct, "window": r.window.map(|w| humantime::format_duration(w).to_string())}),
     }))
+}
+
+/// A system alert (not tied to an account's block writes): state drift found
+/// by reconcile, or ingestion that stalled or skipped history.
+pub struct SystemAlert {
+    pub rule: &'static str,
+    /// Empty for alerts about keywatch itself.
+    pub account: String,
+    pub key: Option<String>,
+    pub title: String,
+    pub details: serde_json::Value,
+}
+
+pub async fn system_alert(
+    tx: &mut PgConnection,
+    ctx: &AlertContext,
+    at: &BlockHeader,
+    a: SystemAlert,
+) -> Result<usize, IngestError> {
+    let Some(r) = ctx.rules.get(a.rule).filter(|r| r.enabled) else {
+        return Ok(0);
+    };
+    let d = AlertDraft {
+        rule: a.rule,
+        severity: r.severity,
+        account_id: a.account,
+        public_key: a.key,
+        title: a.title,
+        details: a.details,
+    };
+    queue(tx, ctx, at, vec![(d, r.cooldown)]).await
 }

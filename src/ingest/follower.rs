@@ -160,7 +160,7 @@ pub async fn follow(
                         earliest,
                     });
                 }
-                skip_gap(pool, rpc, &cursor).await?;
+                skip_gap(pool, rpc, &cursor, alerts).await?;
                 continue;
             }
         }
@@ -257,7 +257,12 @@ pub async fn follow(
 /// `--accept-gap`: records the heights that cannot be served, moves the
 /// cursor to the node's earliest block, and re-reads every baseline there
 /// (rows with source = 'reconcile'), closing the old tracking spans.
-async fn skip_gap(pool: &PgPool, rpc: &RpcClient, cursor: &Cursor) -> Result<(), IngestError> {
+async fn skip_gap(
+    pool: &PgPool,
+    rpc: &RpcClient,
+    cursor: &Cursor,
+    alerts: Option<&AlertContext>,
+) -> Result<(), IngestError> {
     let status = rpc.status().await?;
     let hash = status.sync_info.earliest_block_hash.ok_or_else(|| {
         IngestError::Invalid("the node does not report its earliest block".into())
@@ -298,6 +303,27 @@ async fn skip_gap(pool: &PgPool, rpc: &RpcClient, cursor: &Cursor) -> Result<(),
     for (account, baseline) in &reads {
         store::watch::write_baseline(&mut tx, account, &new_cursor, baseline, "reconcile").await?;
     }
+    if let Some(ctx) = alerts {
+        let title = format!(
+            "Heights {}..{} were skipped: the rpc no longer serves them",
+            cursor.height + 1,
+            new.height - 1
+        );
+        let details = serde_json::json!({"from": cursor.height + 1, "to": new.height - 1});
+        crate::ingest::alerts::system_alert(
+            &mut tx,
+            ctx,
+            &new,
+            crate::ingest::alerts::SystemAlert {
+                rule: "ingest_stalled",
+                account: String::new(),
+                key: None,
+                title,
+                details,
+            },
+        )
+        .await?;
+    }
     tx.commit().await?;
     tracing::error!(
         from = cursor.height + 1,
@@ -306,4 +332,77 @@ async fn skip_gap(pool: &PgPool, rpc: &RpcClient, cursor: &Cursor) -> Result<(),
         new.height
     );
     Ok(())
+}
+
+/// Raises `ingest_stalled` when the cursor has not moved for the rule's
+/// `after` (wall clock; the dedup key is the stuck cursor's block, so one
+/// alert per stall). Returns whether an alert was created.
+pub async fn check_stall(pool: &PgPool, ctx: &AlertContext) -> Result<bool, IngestError> {
+    let Some(rule) = ctx.rules.get("ingest_stalled").filter(|r| r.enabled) else {
+        return Ok(false);
+    };
+    let after = rule.after.unwrap_or(Duration::from_secs(300));
+    let row: Option<(i64, String, String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select c.block_height, c.block_hash, b.prev_hash, b.block_timestamp_ns, c.updated_at
+         from ingest_cursor c join blocks b on b.block_hash = c.block_hash",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some((height, hash, prev, ts, updated)) = row else {
+        return Ok(false);
+    };
+    let idle = (ctx.now)() - updated;
+    if idle < chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX) {
+        return Ok(false);
+    }
+    let parse = |h: &str| {
+        crate::domain::CryptoHash::parse(h).map_err(|e| IngestError::Invalid(e.to_string()))
+    };
+    let at = crate::domain::BlockHeader {
+        height: height as u64,
+        hash: parse(&hash)?,
+        prev_hash: parse(&prev)?,
+        timestamp_ns: ts as u64,
+    };
+    let minutes = idle.num_minutes();
+    let mut tx = pool.begin().await?;
+    let title = format!(
+        "keywatch has not ingested a block for {minutes} minute(s) (still at block {height})"
+    );
+    let n = crate::ingest::alerts::system_alert(
+        &mut tx,
+        ctx,
+        &at,
+        crate::ingest::alerts::SystemAlert {
+            rule: "ingest_stalled",
+            account: String::new(),
+            key: None,
+            title,
+            details: serde_json::json!({"cursor_height": height, "idle_minutes": minutes}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(n > 0)
+}
+
+/// Runs [`check_stall`] every `every` until `stop`.
+pub async fn watchdog(
+    pool: PgPool,
+    ctx: AlertContext,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(e) = check_stall(&pool, &ctx).await {
+            tracing::error!(error = %e, "stall check failed");
+        }
+    }
 }

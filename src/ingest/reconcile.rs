@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 
 use sqlx::PgPool;
 
+use crate::domain::BlockHeader;
 use crate::domain::{AccessKey, AccountId, PublicKey};
 use crate::ingest::IngestError;
+use crate::ingest::alerts::{AlertContext, SystemAlert, system_alert};
 use crate::ingest::baseline::read_baseline;
 use crate::rpc::{BlockRef, RpcClient};
 use crate::store::history::{BalanceRow, insert_balance_row, load_account, upsert_account_state};
@@ -19,6 +21,8 @@ use crate::store::{self, Cursor};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Difference {
     pub account: AccountId,
+    /// The key that differs (None for the balance).
+    pub key: Option<PublicKey>,
     pub what: String,
 }
 
@@ -35,6 +39,7 @@ pub async fn reconcile(
     pool: &PgPool,
     rpc: &RpcClient,
     only: &[AccountId],
+    alerts: Option<&AlertContext>,
 ) -> Result<Report, IngestError> {
     for _ in 0..ATTEMPTS {
         let cursor = store::cursor(pool).await?.ok_or_else(|| {
@@ -81,6 +86,32 @@ pub async fn reconcile(
             differences.extend(fix_keys(&mut tx, &cursor, account, &keys).await?);
             differences
                 .extend(fix_account(&mut tx, &cursor, account, truth.account.as_ref()).await?);
+        }
+        if let Some(ctx) = alerts {
+            let at = BlockHeader {
+                height: cursor.height,
+                hash: crate::domain::CryptoHash::parse(&cursor.hash)
+                    .map_err(|e| IngestError::Invalid(e.to_string()))?,
+                prev_hash: crate::domain::CryptoHash::from_bytes([0; 32]),
+                timestamp_ns: cursor.timestamp_ns,
+            };
+            for d in &differences {
+                let key = d.key.as_ref().map(|k| k.to_string());
+                let title = format!("Stored state of {} differs from the chain", d.account);
+                system_alert(
+                    &mut tx,
+                    ctx,
+                    &at,
+                    SystemAlert {
+                        rule: "state_drift",
+                        account: d.account.to_string(),
+                        key,
+                        title,
+                        details: serde_json::json!({"account_id": d.account, "difference": d.what}),
+                    },
+                )
+                .await?;
+            }
         }
         sqlx::query("insert into reconcile_runs (block_height, block_hash, accounts, differences) values ($1, $2, $3, $4)")
             .bind(crate::store::convert::height_to_i64("height", cursor.height)?)
@@ -162,6 +193,7 @@ async fn fix_keys(
         tracing::error!(%account, "{what}");
         out.push(Difference {
             account: account.clone(),
+            key: Some(key.clone()),
             what,
         });
     }
@@ -201,6 +233,7 @@ async fn fix_account(
     tracing::error!(%account, "{what}");
     Ok(vec![Difference {
         account: account.clone(),
+        key: None,
         what,
     }])
 }

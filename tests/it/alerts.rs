@@ -495,3 +495,63 @@ async fn fifty_new_keys_in_a_minute_are_batched_but_a_critical_goes_alone(pool: 
     let batches: i64 = sqlx::query_scalar("select count(distinct batch_id) from alert_deliveries where channel = 'email' and batch_id is not null").fetch_one(&pool).await.unwrap();
     assert_eq!(batches, 1, "each batched delivery records its batch");
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn drift_and_stalls_raise_system_alerts_once(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let (s, sim) = one_alert_story(&pool, &smtp, &hook).await;
+    let ctx = AlertContext::from_settings(&s);
+    let rpc = crate::ingest::client(&sim.url());
+    sqlx::query("update current_accounts set amount = amount + 1 where account_id = 'bob.near'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("delete from key_state where account_id = 'treasury.near' and public_key like 'ed25519:GVyf%'").execute(&pool).await.unwrap();
+    let report = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[], Some(&ctx))
+        .await
+        .unwrap();
+    assert_eq!(report.differences.len(), 2);
+    let drift: Vec<(String, Option<String>, String)> = sqlx::query_as("select account_id, public_key, severity from alerts where rule = 'state_drift' order by account_id").fetch_all(&pool).await.unwrap();
+    assert_eq!(drift.len(), 2, "one per distinct difference");
+    assert_eq!(drift[0].0, "bob.near");
+    assert_eq!(
+        drift[1].1.as_deref(),
+        Some("ed25519:GVyfcv74EyA6DNkQTap8k122oMnyjt6ufH7q3ger3EMq")
+    );
+    assert!(drift.iter().all(|d| d.2 == "critical"));
+
+    // a cursor that has not moved for longer than `after`
+    assert!(
+        !keywatch::ingest::follower::check_stall(&pool, &ctx)
+            .await
+            .unwrap(),
+        "fresh cursor: no alert"
+    );
+    sqlx::query("update ingest_cursor set updated_at = now() - interval '10 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        keywatch::ingest::follower::check_stall(&pool, &ctx)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !keywatch::ingest::follower::check_stall(&pool, &ctx)
+            .await
+            .unwrap(),
+        "once per stall"
+    );
+    let (title, status): (String, String) = sqlx::query_as(
+        "select title, status from alert_log where rule = 'ingest_stalled' and channel = 'email'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        title.starts_with("keywatch has not ingested a block for 10 minute(s)"),
+        "{title}"
+    );
+    assert_eq!(status, "pending", "sent whatever the block's age");
+}

@@ -451,7 +451,7 @@ async fn ingestion_records_exactly_the_chain_history(pool: PgPool) {
     .unwrap();
     assert_eq!(unwatched, 0);
 
-    let report = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[])
+    let report = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[], None)
         .await
         .unwrap();
     assert_eq!(
@@ -766,7 +766,7 @@ async fn reconcile_records_and_corrects_drift(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let report = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[])
+    let report = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[], None)
         .await
         .unwrap();
     let mut found: Vec<String> = report
@@ -794,7 +794,7 @@ async fn reconcile_records_and_corrects_drift(pool: PgPool) {
     );
     let rows: i64 = sqlx::query_scalar("select (select count(*) from key_history where source = 'reconcile') + (select count(*) from balance_history where source = 'reconcile')").fetch_one(&pool).await.unwrap();
     assert_eq!(rows, 3, "each difference is a reconcile row");
-    let again = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[])
+    let again = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[], None)
         .await
         .unwrap();
     assert!(
