@@ -98,6 +98,9 @@ pub struct EmailConfig {
     /// Extra recipients by severity.
     pub to_by_severity: BTreeMap<Severity, Vec<lettre::message::Mailbox>>,
     pub timeout: Duration,
+    /// PEM certificates to trust besides the system roots (a private CA or
+    /// a self-signed SMTP server).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -539,6 +542,13 @@ fn read_email(
         to_by_severity.insert(sev, parsed);
     }
     let timeout = f.get(p, "timeout", Duration::from_secs(15));
+    let ca_pem = f.parsed(p, "ca_file", |path: String| {
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+        if !String::from_utf8_lossy(&bytes).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!("{path:?} holds no PEM certificate"));
+        }
+        Ok(bytes)
+    });
     if !enabled {
         return None;
     }
@@ -564,6 +574,7 @@ fn read_email(
         to,
         to_by_severity,
         timeout,
+        ca_pem,
     })
 }
 

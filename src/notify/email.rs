@@ -4,6 +4,7 @@
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
@@ -32,6 +33,19 @@ impl EmailSender {
                 .map_err(|e| format!("smtp host {:?}: {e}", cfg.host))?,
         };
         let mut builder = builder.port(cfg.port).timeout(Some(cfg.timeout));
+        if let (Some(pem), true) = (&cfg.ca_pem, cfg.tls != SmtpTls::None) {
+            let cert =
+                Certificate::from_pem(pem).map_err(|e| format!("notify.email.ca_file: {e}"))?;
+            let params = TlsParameters::builder(cfg.host.clone())
+                .add_root_certificate(cert)
+                .build_rustls()
+                .map_err(|e| format!("smtp tls for {:?}: {e}", cfg.host))?;
+            builder = builder.tls(if cfg.tls == SmtpTls::StartTls {
+                Tls::Required(params)
+            } else {
+                Tls::Wrapper(params)
+            });
+        }
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
             builder = builder.credentials(Credentials::new(
                 user.clone(),

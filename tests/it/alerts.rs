@@ -21,6 +21,18 @@ use crate::support::{Canned, FakeNode};
 const SECRET: &str = "webhook-test-secret";
 
 fn settings(sim: &str, smtp: u16, hook: &str, max_age: &str, accounts: &str) -> Settings {
+    settings_with(sim, smtp, hook, max_age, accounts, "tls = \"none\"", &[])
+}
+
+fn settings_with(
+    sim: &str,
+    smtp: u16,
+    hook: &str,
+    max_age: &str,
+    accounts: &str,
+    email_tls: &str,
+    env: &[(&str, &str)],
+) -> Settings {
     let text = format!(
         r#"
 [rpc]
@@ -40,7 +52,7 @@ batch_interval = "5m"
 enabled = true
 host = "127.0.0.1"
 port = {smtp}
-tls = "none"
+{email_tls}
 from = "keywatch <keywatch@example.com>"
 to = ["ops@example.com"]
 to_critical = ["oncall@example.com"]
@@ -50,11 +62,14 @@ url = "{hook}"
 {accounts}
 "#
     );
-    let env: HashMap<String, String> = [(
+    let mut env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.insert(
         "KEYWATCH__NOTIFY__WEBHOOK__SECRET".to_owned(),
         SECRET.to_owned(),
-    )]
-    .into();
+    );
     Settings::from_toml(&text, std::path::Path::new("test.toml"), &env).unwrap()
 }
 
@@ -554,4 +569,99 @@ async fn drift_and_stalls_raise_system_alerts_once(pool: PgPool) {
         "{title}"
     );
     assert_eq!(status, "pending", "sent whatever the block's age");
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn email_goes_out_over_starttls_with_authentication_and_over_implicit_tls(pool: PgPool) {
+    use crate::smtp::TlsSetup;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    // STARTTLS with AUTH PLAIN, trusting only the certificate the test made
+    let (tls, pem) = TlsSetup::new(false, Some(("keywatch", "s3cret")));
+    let starttls = SmtpServer::start_with(Some(tls)).await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pem).unwrap();
+    let sim = Simulator::start(
+        story(),
+        SimOptions {
+            until: Some(1008),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let lines = format!(
+        "tls = \"starttls\"\nusername = \"keywatch\"\nca_file = {:?}",
+        ca.to_str().unwrap()
+    );
+    let s = settings_with(
+        &sim.url(),
+        starttls.port,
+        &hook.url,
+        "3650days",
+        STORY_ACCOUNTS,
+        &lines,
+        &[("KEYWATCH__NOTIFY__EMAIL__PASSWORD", "s3cret")],
+    );
+    ingest(&pool, &sim, &s, 1000).await;
+    let (_, now) = clock();
+    dispatch_all(&Dispatcher::new(pool.clone(), &s, now.clone()).unwrap()).await;
+    let mails = starttls.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].secure, "sent after STARTTLS");
+    assert_eq!(starttls.authenticated(), ["keywatch"]);
+
+    // a wrong password is a permanent failure (535), shown in alert_log
+    let (tls, pem) = TlsSetup::new(false, Some(("keywatch", "other")));
+    let strict = SmtpServer::start_with(Some(tls)).await;
+    std::fs::write(&ca, &pem).unwrap();
+    let s2 = settings_with(
+        &sim.url(),
+        strict.port,
+        &hook.url,
+        "3650days",
+        STORY_ACCOUNTS,
+        &lines,
+        &[("KEYWATCH__NOTIFY__EMAIL__PASSWORD", "s3cret")],
+    );
+    sqlx::query(
+        "update alert_deliveries set status = 'pending', attempts = 0 where channel = 'email'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    dispatch_all(&Dispatcher::new(pool.clone(), &s2, now.clone()).unwrap()).await;
+    let (status, err): (String, Option<String>) =
+        sqlx::query_as("select status, last_error from alert_log where channel = 'email'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    assert!(err.unwrap().contains("535"));
+    assert!(strict.mails().is_empty());
+
+    // implicit TLS
+    let (tls, pem) = TlsSetup::new(true, None);
+    let implicit = SmtpServer::start_with(Some(tls)).await;
+    std::fs::write(&ca, &pem).unwrap();
+    let lines = format!("tls = \"implicit\"\nca_file = {:?}", ca.to_str().unwrap());
+    let s3 = settings_with(
+        &sim.url(),
+        implicit.port,
+        &hook.url,
+        "3650days",
+        STORY_ACCOUNTS,
+        &lines,
+        &[],
+    );
+    sqlx::query(
+        "update alert_deliveries set status = 'pending', attempts = 0 where channel = 'email'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    dispatch_all(&Dispatcher::new(pool.clone(), &s3, now).unwrap()).await;
+    let mails = implicit.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].secure);
 }
