@@ -118,3 +118,29 @@ pub async fn test(config: &Path, channel: &str) -> CmdResult {
         ))),
     }
 }
+
+pub async fn rules_test(config: &Path, from: u64, to: u64) -> CmdResult {
+    if to < from {
+        return Err(bad_input(format!("--to {to} is below --from {from}")));
+    }
+    let settings = load_settings(config)?;
+    let pool = connect(&settings).await?;
+    let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
+    let fired = crate::ingest::replay::rules_test(&pool, &ctx, from, to)
+        .await
+        .map_err(|e| Failure::Other(e.into()))?;
+    for f in &fired {
+        println!(
+            "block {}: [{}] {} ({})",
+            f.block_height,
+            f.severity.to_uppercase(),
+            f.title,
+            f.rule
+        );
+    }
+    println!(
+        "{} alert(s) would have fired for blocks {from}..={to}; nothing was stored or sent",
+        fired.len()
+    );
+    Ok(())
+}

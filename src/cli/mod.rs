@@ -85,6 +85,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The configured rules.
+    #[command(subcommand)]
+    Rules(RulesAction),
     /// Compare stored keys and balances with the chain at the cursor's block.
     Reconcile { accounts: Vec<String> },
     /// Serve a scripted NEAR chain over JSON-RPC (see scenarios/README.md).
@@ -109,6 +112,18 @@ pub enum AlertsAction {
     Test {
         #[arg(long, value_parser = ["email", "webhook"])]
         channel: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesAction {
+    /// Replay stored history through the configured rules and print what
+    /// would have fired (nothing is stored or sent).
+    Test {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
     },
 }
 
@@ -201,6 +216,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             action: Some(AlertsAction::Test { channel }),
             ..
         } => alerts::test(&cli.config, &channel).await,
+        Command::Rules(RulesAction::Test { from, to }) => {
+            alerts::rules_test(&cli.config, from, to).await
+        }
         Command::Backfill { from, to } => ingest::backfill(&cli.config, from, to).await,
         Command::Reconcile { accounts } => ingest::reconcile(&cli.config, &accounts).await,
     };

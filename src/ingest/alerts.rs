@@ -217,7 +217,7 @@ pub async fn window_rules(
             else {
                 continue;
             };
-            if let Some(d) = drain(tx, r, &account_id, &key, now_ns).await? {
+            if let Some(d) = drain(tx, r, &account_id, &key, (h, now_ns)).await? {
                 drafts.push((d, r.cooldown));
             }
         }
@@ -236,7 +236,7 @@ pub async fn window_rules(
             else {
                 continue;
             };
-            if let Some(d) = balance_drop(tx, r, &account_id, now_ns).await? {
+            if let Some(d) = balance_drop(tx, r, &account_id, (h, now_ns)).await? {
                 drafts.push((d, r.cooldown));
             }
         }
@@ -261,16 +261,27 @@ async fn drain(
     r: &RuleSettings,
     account: &AccountId,
     key: &str,
-    now_ns: i64,
+    at: (i64, i64),
 ) -> Result<Option<AlertDraft>, IngestError> {
-    let now: Option<(Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as("select allowance, gas_key_balance from key_state where account_id = $1 and public_key = $2")
-        .bind(account.as_str())
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((allowance, gas)) = now else {
+    let (height, now_ns) = at;
+    // The key at the end of the judged block, from history (the same row as
+    // the current state while ingesting; the past one when replaying).
+    let now: Option<(String, Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as(
+        "select action, allowance, gas_key_balance from key_history where account_id = $1 and public_key = $2
+           and block_height <= $3 and action <> 'nonce_slot'
+         order by block_height desc, case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc, index_in_block desc limit 1",
+    )
+    .bind(account.as_str())
+    .bind(key)
+    .bind(height)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((action, allowance, gas)) = now else {
         return Ok(None);
     };
+    if action == "deleted" {
+        return Ok(None);
+    }
     let (now, is_gas) = match (yocto(&allowance)?, yocto(&gas)?) {
         (_, Some(g)) => (g, true),
         (Some(a), None) => (a, false),
@@ -278,11 +289,15 @@ async fn drain(
     };
     let start = window_start(r, now_ns);
     // A key deleted and re-added starts a new window at its last addition.
-    let added: Option<i64> = sqlx::query_scalar("select max(block_timestamp_ns) from key_history where account_id = $1 and public_key = $2 and action = 'added'")
-        .bind(account.as_str())
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
+    let added: Option<i64> = sqlx::query_scalar(
+        "select max(block_timestamp_ns) from key_history
+         where account_id = $1 and public_key = $2 and action = 'added' and block_height <= $3",
+    )
+    .bind(account.as_str())
+    .bind(key)
+    .bind(height)
+    .fetch_one(&mut *tx)
+    .await?;
     let start = added.map_or(start, |a| start.max(a));
     // The value just before the window; if everything keywatch knows of the
     // key lies inside the window, the earliest value it knows.
@@ -345,12 +360,15 @@ async fn balance_drop(
     tx: &mut PgConnection,
     r: &RuleSettings,
     account: &AccountId,
-    now_ns: i64,
+    at: (i64, i64),
 ) -> Result<Option<AlertDraft>, IngestError> {
+    let (height, now_ns) = at;
     let now: Option<(Option<BigDecimal>, Option<BigDecimal>, bool)> = sqlx::query_as(
-        "select amount, locked, deleted from current_accounts where account_id = $1",
+        "select amount, locked, deleted from balance_history where account_id = $1 and block_height <= $2
+         order by block_height desc, case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc, index_in_block desc limit 1",
     )
     .bind(account.as_str())
+    .bind(height)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((Some(amount), Some(locked), false)) = now else {

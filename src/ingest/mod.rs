@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod follower;
 pub mod headers;
 pub mod reconcile;
+pub mod replay;
 
 use crate::rpc::RpcError;
 use crate::store::StoreError;

@@ -665,3 +665,65 @@ async fn email_goes_out_over_starttls_with_authentication_and_over_implicit_tls(
     assert_eq!(mails.len(), 1);
     assert!(mails[0].secure);
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn rules_test_replays_history_into_the_same_alerts_and_keeps_nothing(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let sim = Simulator::start(story(), SimOptions::default())
+        .await
+        .unwrap();
+    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
+    ingest(&pool, &sim, &s, 1000).await;
+    let stored = alerts(&pool).await;
+    let head = sim.with_chain(|c| c.final_block().header.height);
+    let replayed =
+        keywatch::ingest::replay::rules_test(&pool, &AlertContext::from_settings(&s), 1000, head)
+            .await
+            .unwrap();
+    let mut got: Vec<(String, String)> = replayed
+        .iter()
+        .map(|f| (f.rule.clone(), f.account_id.clone()))
+        .collect();
+    got.sort();
+    let want: Vec<(String, String)> = stored
+        .iter()
+        .map(|(r, a, _)| (r.clone(), a.clone()))
+        .collect();
+    assert_eq!(got, want, "the replay decides what the ingest decided");
+    assert_eq!(alerts(&pool).await, stored, "nothing kept");
+    let deliveries: i64 = sqlx::query_scalar("select count(*) from alert_deliveries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 24, "the existing outbox is untouched");
+
+    // with key deletions switched off and a lower balance threshold
+    let tuned = settings(
+        &sim.url(),
+        smtp.port,
+        &hook.url,
+        "3650days",
+        &format!("{STORY_ACCOUNTS}\n[rules.key_deleted]\nenabled = false\n"),
+    );
+    let replayed = keywatch::ingest::replay::rules_test(
+        &pool,
+        &AlertContext::from_settings(&tuned),
+        1000,
+        head,
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed.len(), 8, "{replayed:#?}");
+    assert!(replayed.iter().all(|f| f.rule != "key_deleted"));
+    // only the asked range
+    let early =
+        keywatch::ingest::replay::rules_test(&pool, &AlertContext::from_settings(&s), 1000, 1008)
+            .await
+            .unwrap();
+    assert_eq!(early.len(), 2, "the two full-access keys: {early:#?}");
+    assert!(
+        smtp.mails().is_empty() && hook.bodies().is_empty(),
+        "nothing sent"
+    );
+}
