@@ -197,7 +197,11 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
             .iter()
             .filter(|w| w.action == "deleted" && !w.by_account_deletion)
         {
-            if f.keys_after.contains_key(&w.key) || !seen.insert(w.key.clone()) {
+            // only keys that could sign before this block and cannot after it
+            if f.keys_after.contains_key(&w.key)
+                || !f.keys_before.contains_key(&w.key)
+                || !seen.insert(w.key.clone())
+            {
                 continue;
             }
             let details = serde_json::json!({"permission": f.keys_before.get(&w.key).map(|k| k.permission.to_json()), "tx_hash": w.tx_hash, "receipt_hash": w.receipt_hash});
@@ -319,6 +323,263 @@ mod tests {
             unrestricted_severity: None,
             after: None,
         }
+    }
+
+    fn key(n: u8) -> PublicKey {
+        PublicKey::parse(&format!("ed25519:{}", bs58::encode([n; 32]).into_string())).unwrap()
+    }
+
+    fn rules() -> RuleSet {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keywatch.toml"))
+                .unwrap();
+        crate::config::Settings::from_toml(&text, std::path::Path::new("t"), &Default::default())
+            .unwrap()
+            .rules
+    }
+
+    fn ak(permission: Permission) -> AccessKey {
+        AccessKey {
+            nonce: 1,
+            permission,
+        }
+    }
+
+    fn added(k: &PublicKey) -> KeyWrite {
+        KeyWrite {
+            key: k.clone(),
+            action: "added",
+            permission: None,
+            by_account_deletion: false,
+            tx_hash: None,
+            receipt_hash: Some("r".into()),
+        }
+    }
+
+    fn deleted(k: &PublicKey, by_account_deletion: bool) -> KeyWrite {
+        KeyWrite {
+            action: "deleted",
+            by_account_deletion,
+            ..added(k)
+        }
+    }
+
+    /// Runs the per-block rules; returns (rule, severity, key index).
+    fn run(
+        writes: &[KeyWrite],
+        before: &[(u8, Permission)],
+        after: &[(u8, Permission)],
+        expected: &[u8],
+        cold: &[u8],
+        cold_moved: &[u8],
+        deleted_account: bool,
+    ) -> Vec<(&'static str, Severity, Option<String>)> {
+        let account = AccountId::parse("treasury.near").unwrap();
+        let rs = rules();
+        let map = |v: &[(u8, Permission)]| {
+            v.iter()
+                .map(|(n, p)| (key(*n), ak(p.clone())))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let (b, a) = (map(before), map(after));
+        let expected: Vec<PublicKey> = expected.iter().map(|n| key(*n)).collect();
+        let cold: Vec<PublicKey> = cold.iter().map(|n| key(*n)).collect();
+        let moved: Vec<PublicKey> = cold_moved.iter().map(|n| key(*n)).collect();
+        let f = BlockFacts {
+            account: &account,
+            label: Some("treasury"),
+            expected_keys: &expected,
+            cold_keys: &cold,
+            rules: &rs,
+            writes,
+            keys_before: &b,
+            keys_after: &a,
+            cold_nonce_moved: &moved,
+            account_deleted: deleted_account,
+            contract_changed: None,
+            unknown: &[],
+        };
+        evaluate_block(&f)
+            .into_iter()
+            .map(|d| (d.rule, d.severity, d.public_key))
+            .collect()
+    }
+
+    fn fc(allowance: Option<u128>, methods: &[&str]) -> Permission {
+        Permission::FunctionCall {
+            allowance: allowance.map(Yocto),
+            receiver_id: "app.near".into(),
+            method_names: methods.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_unexpected_full_access_key_is_critical_and_an_expected_one_is_silent() {
+        let full = [(1, Permission::FullAccess)];
+        let got = run(
+            &[added(&key(2))],
+            &full,
+            &[(1, Permission::FullAccess), (2, Permission::FullAccess)],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        assert_eq!(
+            got,
+            vec![(
+                "new_full_access_key",
+                Severity::Critical,
+                Some(key(2).to_string())
+            )]
+        );
+        let got = run(
+            &[added(&key(2))],
+            &full,
+            &[(1, Permission::FullAccess), (2, Permission::FullAccess)],
+            &[2],
+            &[],
+            &[],
+            false,
+        );
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_gas_key_with_full_access_is_a_full_access_key() {
+        let gas = Permission::GasKeyFullAccess {
+            balance: Yocto(1),
+            num_nonces: 2,
+        };
+        let got = run(
+            &[added(&key(2))],
+            &[(1, Permission::FullAccess)],
+            &[(1, Permission::FullAccess), (2, gas)],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        assert_eq!(got[0].0, "new_full_access_key");
+    }
+
+    #[test]
+    fn function_call_keys_are_warnings_unless_unrestricted() {
+        let before = [(1, Permission::FullAccess)];
+        let limited = run(
+            &[added(&key(2))],
+            &before,
+            &[(1, Permission::FullAccess), (2, fc(Some(10), &["ping"]))],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        assert_eq!(
+            limited,
+            vec![(
+                "new_function_call_key",
+                Severity::Warning,
+                Some(key(2).to_string())
+            )]
+        );
+        let unlimited = run(
+            &[added(&key(2))],
+            &before,
+            &[(1, Permission::FullAccess), (2, fc(None, &["ping"]))],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        assert_eq!(unlimited[0].1, Severity::Critical);
+        let any_method = run(
+            &[added(&key(2))],
+            &before,
+            &[(1, Permission::FullAccess), (2, fc(Some(10), &[]))],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        assert_eq!(any_method[0].1, Severity::Critical);
+    }
+
+    #[test]
+    fn a_key_added_and_removed_in_the_same_block_or_removed_by_account_deletion_raises_no_key_alert()
+     {
+        let got = run(
+            &[added(&key(2)), deleted(&key(2), false)],
+            &[(1, Permission::FullAccess)],
+            &[(1, Permission::FullAccess)],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        assert!(
+            got.is_empty(),
+            "the key never existed at a block boundary: {got:?}"
+        );
+        let got = run(
+            &[deleted(&key(1), true)],
+            &[(1, Permission::FullAccess)],
+            &[],
+            &[],
+            &[],
+            &[],
+            true,
+        );
+        assert!(
+            got.iter()
+                .all(|g| g.0 != "key_deleted" && g.0 != "account_locked"),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|g| g.0 == "account_deleted"));
+    }
+
+    #[test]
+    fn losing_the_last_full_access_key_locks_the_account() {
+        let before = [(1, Permission::FullAccess), (2, fc(Some(1), &["m"]))];
+        let got = run(
+            &[deleted(&key(1), false)],
+            &before,
+            &[(2, fc(Some(1), &["m"]))],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        let rules: Vec<_> = got.iter().map(|g| g.0).collect();
+        assert_eq!(rules, ["key_deleted", "account_locked"]);
+        // an account that never had one is not "locked" by this block
+        let got = run(
+            &[],
+            &[(2, fc(Some(1), &["m"]))],
+            &[(2, fc(Some(1), &["m"]))],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_cold_key_that_signs_is_critical() {
+        let got = run(
+            &[],
+            &[(1, Permission::FullAccess)],
+            &[(1, Permission::FullAccess)],
+            &[],
+            &[1],
+            &[1],
+            false,
+        );
+        assert_eq!(
+            got,
+            vec![("key_used", Severity::Critical, Some(key(1).to_string()))]
+        );
     }
 
     #[test]

@@ -727,3 +727,41 @@ async fn rules_test_replays_history_into_the_same_alerts_and_keeps_nothing(pool:
         "nothing sent"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn slack_mode_posts_a_slack_compatible_body(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let sim = Simulator::start(
+        story(),
+        SimOptions {
+            until: Some(1008),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // lines before the first [[accounts]] still belong to [notify.webhook]
+    let s = settings(
+        &sim.url(),
+        smtp.port,
+        &hook.url,
+        "3650days",
+        &format!("format = \"slack\"\n{STORY_ACCOUNTS}"),
+    );
+    ingest(&pool, &sim, &s, 1000).await;
+    let (_, now) = clock();
+    dispatch_all(&Dispatcher::new(pool.clone(), &s, now).unwrap()).await;
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 1);
+    let v: serde_json::Value = serde_json::from_slice(&bodies[0]).unwrap();
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("*[CRITICAL] New full-access key on treasury.near*"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<https://nearblocks.io/address/treasury.near|treasury.near (DAO treasury)>"),
+        "{text}"
+    );
+}

@@ -389,3 +389,61 @@ async fn a_kill_after_the_smtp_server_took_a_message_gives_at_most_one_duplicate
         "the killed attempt left no record; nothing lost: {statuses:?}"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn keywatch_alerts_shows_a_permanent_rejection(pool: PgPool) {
+    use crate::smtp::{Mode, SmtpServer};
+    let smtp = SmtpServer::start().await;
+    smtp.set_mode(Mode::Reject550);
+    let scenario = keywatch::sim::Scenario::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml"),
+    )
+    .unwrap();
+    let sim = Simulator::start(
+        scenario,
+        SimOptions {
+            until: Some(1008),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    sim.advance_to(1002);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let mut text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[ingest]\n", "[ingest]\nstart = 1001\n");
+    text.push_str(&format!(
+        "[notify]\nmax_age = \"3650days\"\n[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"kw@example.com\"\nto = [\"ops@example.com\"]\n[[accounts]]\nid = \"treasury.near\"\nexpected_keys = [\"ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6\"]\n",
+        smtp.port
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let db = database_url(&pool);
+    sim.advance_to(1008);
+    let out = keywatch(
+        &cfg,
+        &db,
+        &["run", "--until-height", "1006", "--drain-timeout", "10s"],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = keywatch(&cfg, &db, &["alerts"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let out = cmd.output().await.unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(listing.contains("[critical] New full-access key on treasury.near (block 1006)  email: failed after 1 attempt(s) (last error: smtp: permanent error (550)"), "{listing}");
+    let mut cmd = keywatch(&cfg, &db, &["alerts", "--json"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let json: serde_json::Value =
+        serde_json::from_slice(&cmd.output().await.unwrap().stdout).unwrap();
+    assert_eq!(json["deliveries"][0]["status"], "failed");
+    assert_eq!(json["deliveries"][0]["attempts"], 1);
+}
