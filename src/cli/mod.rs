@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 2 bad input (config, arguments), 1 anything else.
 
 mod alerts;
+mod demo;
 mod ingest;
 mod output;
 mod watch;
@@ -90,6 +91,13 @@ pub enum Command {
     Rules(RulesAction),
     /// Compare stored keys and balances with the chain at the cursor's block.
     Reconcile { accounts: Vec<String> },
+    /// Run the whole pipeline against the built-in simulator playing an
+    /// attack on a treasury (in a scratch database, dropped after).
+    Demo {
+        /// Produce blocks as fast as they are read instead of every 600 ms.
+        #[arg(long)]
+        fast: bool,
+    },
     /// Serve a scripted NEAR chain over JSON-RPC (see scenarios/README.md).
     Simulate {
         #[arg(long)]
@@ -219,6 +227,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Rules(RulesAction::Test { from, to }) => {
             alerts::rules_test(&cli.config, from, to).await
         }
+        Command::Demo { fast } => demo::demo(&cli.config, fast).await,
         Command::Backfill { from, to } => ingest::backfill(&cli.config, from, to).await,
         Command::Reconcile { accounts } => ingest::reconcile(&cli.config, &accounts).await,
     };
