@@ -179,6 +179,16 @@ impl From<anyhow::Error> for Failure {
 
 pub type CmdResult = Result<(), Failure>;
 
+/// An account that does not exist is bad input; anything else is not.
+impl From<crate::ingest::baseline::TrackError> for Failure {
+    fn from(e: crate::ingest::baseline::TrackError) -> Self {
+        match e {
+            crate::ingest::baseline::TrackError::Missing { .. } => Failure::BadInput(e.into()),
+            other => Failure::Other(other.into()),
+        }
+    }
+}
+
 pub fn bad_input(msg: impl std::fmt::Display) -> Failure {
     Failure::BadInput(anyhow::anyhow!("{msg}"))
 }

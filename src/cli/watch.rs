@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::cli::{CmdResult, Failure, WatchCommand, bad_input, connect, load_settings};
 use crate::domain::{AccountId, PublicKey};
-use crate::ingest::baseline::{TrackError, start_tracking};
+use crate::ingest::baseline::start_tracking;
 use crate::rpc::RpcClient;
 use crate::store;
 use crate::store::watch::{AddOutcome, NewWatch};
@@ -76,12 +76,8 @@ async fn add(
             allow_missing,
         })
         .collect();
-    let outcomes = start_tracking(&pool, &rpc, &settings.rpc.chain_id, &watches, allow_missing)
-        .await
-        .map_err(|e| match e {
-            TrackError::Missing { .. } => bad_input(e),
-            other => Failure::Other(other.into()),
-        })?;
+    let outcomes =
+        start_tracking(&pool, &rpc, &settings.rpc.chain_id, &watches, allow_missing).await?;
     for t in outcomes {
         let account = &t.account;
         match t.outcome {

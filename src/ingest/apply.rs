@@ -188,18 +188,7 @@ async fn apply_key_writes(
                 ab.nonce_slot_keys.insert(public_key.clone());
             }
             other => {
-                let raw = crate::rpc::views::change_json(w);
-                insert_unknown_change(
-                    tx,
-                    Some(account),
-                    h.height,
-                    &hash,
-                    index,
-                    other.type_name(),
-                    &raw,
-                )
-                .await?;
-                ab.unknown.push(other.type_name().to_owned());
+                record_unknown(tx, account, h.height, &hash, index, other, w, ab).await?;
             }
         }
     }
@@ -255,18 +244,7 @@ async fn apply_account_writes(
             }
             ChangeValue::AccountDeletion { .. } => (None, false),
             other => {
-                let raw = crate::rpc::views::change_json(w);
-                insert_unknown_change(
-                    tx,
-                    Some(account),
-                    h.height,
-                    &hash,
-                    index as i32,
-                    other.type_name(),
-                    &raw,
-                )
-                .await?;
-                ab.unknown.push(other.type_name().to_owned());
+                record_unknown(tx, account, h.height, &hash, index as i32, other, w, ab).await?;
                 continue;
             }
         };
@@ -302,4 +280,31 @@ fn rule_write(
         tx_hash: w.cause.tx_hash.as_ref().map(|h| h.to_string()),
         receipt_hash: w.cause.receipt_hash.as_ref().map(|h| h.to_string()),
     }
+}
+
+/// Keeps a change this version does not know, whole, and tells the rules.
+#[allow(clippy::too_many_arguments)]
+async fn record_unknown(
+    tx: &mut sqlx::PgConnection,
+    account: &AccountId,
+    height: u64,
+    hash: &str,
+    index: i32,
+    value: &ChangeValue,
+    w: &StateChange,
+    ab: &mut AccountBlock,
+) -> Result<(), IngestError> {
+    let raw = crate::rpc::views::change_json(w);
+    insert_unknown_change(
+        tx,
+        Some(account),
+        height,
+        hash,
+        index,
+        value.type_name(),
+        &raw,
+    )
+    .await?;
+    ab.unknown.push(value.type_name().to_owned());
+    Ok(())
 }

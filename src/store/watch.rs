@@ -262,13 +262,12 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<WatchedAccount>, StoreE
         .collect()
 }
 
-/// Accounts whose history is being followed (their baseline is written).
-pub async fn tracked(
-    conn: &mut PgConnection,
-) -> Result<std::collections::BTreeSet<AccountId>, StoreError> {
+/// Watched accounts with (`with_baseline`) or without a baseline yet.
+async fn ids(conn: &mut PgConnection, with_baseline: bool) -> Result<Vec<AccountId>, StoreError> {
     let ids: Vec<String> = sqlx::query_scalar(
-        "select account_id from watched_accounts where baseline_height is not null",
+        "select account_id from watched_accounts where (baseline_height is not null) = $1 order by account_id",
     )
+    .bind(with_baseline)
     .fetch_all(conn)
     .await?;
     ids.iter()
@@ -279,19 +278,16 @@ pub async fn tracked(
         .collect()
 }
 
+/// Accounts whose history is being followed (their baseline is written).
+pub async fn tracked(
+    conn: &mut PgConnection,
+) -> Result<std::collections::BTreeSet<AccountId>, StoreError> {
+    Ok(ids(conn, true).await?.into_iter().collect())
+}
+
 /// Accounts waiting for a baseline (added before any cursor existed).
 pub async fn pending(conn: &mut PgConnection) -> Result<Vec<AccountId>, StoreError> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "select account_id from watched_accounts where baseline_height is null order by account_id",
-    )
-    .fetch_all(conn)
-    .await?;
-    ids.iter()
-        .map(|id| {
-            AccountId::parse(id)
-                .map_err(|e| StoreError::Invalid(format!("stored watch list entry: {e}")))
-        })
-        .collect()
+    ids(conn, false).await
 }
 
 /// Ends every open tracking span at `height` (history after it is a gap).
