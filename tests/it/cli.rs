@@ -342,3 +342,48 @@ async fn simulate_serves_the_demo_scenario_and_stops_on_sigterm() {
     let last = lines.next_line().await.unwrap().unwrap();
     assert!(last.starts_with("stopped at height 10"), "{last}");
 }
+
+#[tokio::test]
+async fn alerts_test_sends_a_signed_test_alert_through_the_webhook() {
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keywatch.toml");
+    std::fs::write(&config, format!("[rpc]\nurls = [\"http://127.0.0.1:1/\"]\n[notify.webhook]\nenabled = true\nurl = {:?}\n", hook.url)).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .arg("--config")
+        .arg(&config)
+        .args(["alerts", "test", "--channel", "webhook"])
+        .env("KEYWATCH__NOTIFY__WEBHOOK__SECRET", "s")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("test alert sent through webhook"));
+    let body = &hook.bodies()[0];
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["alerts"][0]["title"], "keywatch test alert");
+    let ts: i64 = hook
+        .header(0, "x-keywatch-timestamp")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        hook.header(0, "x-keywatch-signature").unwrap(),
+        keywatch::notify::webhook::signature("s", ts, body)
+    );
+    // a channel that is not enabled is bad input
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .arg("--config")
+        .arg(&config)
+        .args(["alerts", "test", "--channel", "email"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("notify.email is not enabled"));
+}
