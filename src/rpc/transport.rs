@@ -93,6 +93,8 @@ pub enum SetupError {
 /// Strips userinfo and query (where providers put API keys) from a url.
 pub fn redact_url(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
+    // These fail only for urls that cannot carry credentials (no host), which
+    // then have none to hide.
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     shown.set_query(None);
