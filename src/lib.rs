@@ -13,5 +13,6 @@ pub mod ingest;
 pub mod notify;
 pub mod rpc;
 pub mod rules;
+pub mod schedule;
 pub mod sim;
 pub mod store;

@@ -104,6 +104,26 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     let (stop_dispatch, dispatch_rx) = tokio::sync::watch::channel(false);
     let delivering = tokio::spawn(async move { dispatcher.run(dispatch_rx, drain_timeout).await });
     let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
+    let rpc = std::sync::Arc::new(rpc);
+    let scheduler = crate::schedule::Scheduler {
+        pool: pool.clone(),
+        rpc: rpc.clone(),
+        schedule: settings.schedule.clone(),
+        retention: settings.retention.clone(),
+        alerts: ctx.clone(),
+        report: settings
+            .notify
+            .email
+            .as_ref()
+            .map(|e| crate::notify::email::EmailSender::new(e, &settings.notify.explorer_url))
+            .transpose()
+            .map_err(bad_input)?,
+        now: std::sync::Arc::new(chrono::Utc::now),
+    };
+    let scheduling = {
+        let stop = stop_dispatch.subscribe();
+        tokio::spawn(async move { scheduler.run(stop).await })
+    };
     let watching = tokio::spawn(crate::ingest::follower::watchdog(
         pool.clone(),
         ctx.clone(),
@@ -120,6 +140,7 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     .await;
     stop_dispatch.send_replace(true);
     watching.await.context("the stall watchdog")?;
+    scheduling.await.context("the scheduler")?;
     let drained = delivering.await.context("the dispatcher task")?;
     let summary = followed.map_err(ingest_failure)?;
     drained.context("delivering alerts")?;

@@ -128,3 +128,34 @@ impl EmailSender {
             })
     }
 }
+
+impl EmailSender {
+    /// A plain message to the `to` recipients (the daily report).
+    pub async fn send_text(&self, subject: &str, text: &str, id: &str) -> Result<(), SendError> {
+        if self.to.is_empty() {
+            return Err(SendError {
+                permanent: true,
+                message: "notify.email.to is empty".into(),
+            });
+        }
+        let mut b = Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .message_id(Some(format!("<keywatch-{id}@{}>", self.hostname)));
+        for m in &self.to {
+            b = b.to(m.clone());
+        }
+        let msg = b.body(text.to_owned()).map_err(|e| SendError {
+            permanent: true,
+            message: format!("cannot build the message: {e}"),
+        })?;
+        self.transport
+            .send(msg)
+            .await
+            .map(|_| ())
+            .map_err(|e| SendError {
+                permanent: e.is_permanent(),
+                message: format!("smtp: {e}"),
+            })
+    }
+}

@@ -765,3 +765,97 @@ async fn slack_mode_posts_a_slack_compatible_body(pool: PgPool) {
         "{text}"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn scheduled_jobs_reconcile_prune_attempts_and_mail_the_daily_report(pool: PgPool) {
+    use keywatch::schedule::{Job, Scheduler};
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let (s, sim) = one_alert_story(&pool, &smtp, &hook).await;
+    let (clock, now) = clock();
+    dispatch_all(&Dispatcher::new(pool.clone(), &s, now.clone()).unwrap()).await;
+    let scheduler = Scheduler {
+        pool: pool.clone(),
+        rpc: Arc::new(crate::ingest::client(&sim.url())),
+        schedule: s.schedule.clone(),
+        retention: s.retention.clone(),
+        alerts: AlertContext::from_settings(&s),
+        report: Some(
+            keywatch::notify::email::EmailSender::new(
+                s.notify.email.as_ref().unwrap(),
+                &s.notify.explorer_url,
+            )
+            .unwrap(),
+        ),
+        now: now.clone(),
+    };
+    // reconcile: drift becomes a critical alert
+    sqlx::query(
+        "update current_accounts set amount = amount + 7 where account_id = 'relayer.near'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    scheduler.run_job(Job::Reconcile).await.unwrap();
+    let drift: i64 = sqlx::query_scalar(
+        "select count(*) from alerts where rule = 'state_drift' and account_id = 'relayer.near'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(drift, 1);
+    // the daily report
+    scheduler.run_job(Job::DailyReport).await.unwrap();
+    let report = smtp
+        .mails()
+        .into_iter()
+        .find(|m| {
+            m.header("Subject")
+                .is_some_and(|s| s.starts_with("[keywatch] daily report"))
+        })
+        .expect("a report");
+    assert_eq!(
+        report.header("Subject").unwrap(),
+        "[keywatch] daily report: 2 alert(s), 3 account(s) watched"
+    );
+    assert!(
+        report.data.contains("Last block ingested: 1006"),
+        "{}",
+        report.data
+    );
+    assert!(
+        report.data.contains("Differences found by reconcile: 1"),
+        "{}",
+        report.data
+    );
+    // retention: only delivery attempts, and only old ones
+    let attempts_before: i64 = sqlx::query_scalar("select count(*) from delivery_attempts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(attempts_before > 0);
+    scheduler.run_job(Job::Retention).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("select count(*) from delivery_attempts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, attempts_before, "recent attempts are kept");
+    let later = *clock.lock().unwrap() + chrono::Duration::days(31);
+    *clock.lock().unwrap() = later;
+    scheduler.run_job(Job::Retention).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("select count(*) from delivery_attempts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    let history: i64 = sqlx::query_scalar("select count(*) from key_history")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(history > 0, "history is never pruned");
+    let deliveries: i64 = sqlx::query_scalar("select count(*) from alert_log")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(deliveries >= 2, "alert_log keeps its rows");
+}
