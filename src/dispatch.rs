@@ -109,6 +109,12 @@ impl Dispatcher {
     }
 
     fn outcome(&self, result: &Result<(), SendError>, attempts_so_far: i32) -> Outcome {
+        let counter = if result.is_ok() {
+            &crate::metrics::METRICS.deliveries_ok
+        } else {
+            &crate::metrics::METRICS.deliveries_failed
+        };
+        crate::metrics::add(counter, 1);
         match result {
             Ok(()) => Outcome::Delivered,
             Err(e) if e.permanent => Outcome::Permanent,

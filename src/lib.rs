@@ -10,6 +10,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod ingest;
+pub mod metrics;
 pub mod notify;
 pub mod rpc;
 pub mod rules;

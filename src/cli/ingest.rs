@@ -105,6 +105,16 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     let delivering = tokio::spawn(async move { dispatcher.run(dispatch_rx, drain_timeout).await });
     let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
     let rpc = std::sync::Arc::new(rpc);
+    let listener = tokio::net::TcpListener::bind(settings.server.listen)
+        .await
+        .map_err(|e| bad_input(format!("server.listen {}: {e}", settings.server.listen)))?;
+    let stalled_after = settings
+        .rules
+        .get("ingest_stalled")
+        .and_then(|r| r.after)
+        .unwrap_or(Duration::from_secs(300));
+    let serving = tokio::spawn(crate::metrics::serve(listener, pool.clone(), stalled_after));
+    tracing::info!(listen = %settings.server.listen, "serving /metrics and /health");
     let scheduler = crate::schedule::Scheduler {
         pool: pool.clone(),
         rpc: rpc.clone(),
@@ -141,6 +151,7 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     stop_dispatch.send_replace(true);
     watching.await.context("the stall watchdog")?;
     scheduling.await.context("the scheduler")?;
+    serving.abort();
     let drained = delivering.await.context("the dispatcher task")?;
     let summary = followed.map_err(ingest_failure)?;
     drained.context("delivering alerts")?;

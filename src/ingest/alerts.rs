@@ -105,6 +105,7 @@ pub async fn queue(
         let send = recent || matches!(d.rule, "ingest_stalled" | "state_drift");
         if insert(tx, &d, &at, &ctx.channels, send).await?.is_some() {
             created += 1;
+            crate::metrics::add(&crate::metrics::METRICS.alerts, 1);
         }
     }
     Ok(created)

@@ -165,6 +165,8 @@ pub async fn follow(
             }
         }
         let final_head = rpc.block(&BlockRef::Final).await?.header;
+        crate::metrics::set(&crate::metrics::METRICS.head_height, final_head.height);
+        crate::metrics::set(&crate::metrics::METRICS.cursor_height, cursor.height);
         let target = *caught_up_at.get_or_insert(final_head.height);
         if opts.exit_when_caught_up && cursor.height >= target {
             break;
@@ -219,6 +221,11 @@ pub async fn follow(
                         key_rows,
                         balance_rows,
                     } => {
+                        use crate::metrics::{METRICS, add, set};
+                        add(&METRICS.blocks, 1);
+                        add(&METRICS.key_rows, key_rows as u64);
+                        add(&METRICS.balance_rows, balance_rows as u64);
+                        set(&METRICS.cursor_height, data.header.height);
                         summary.blocks += 1;
                         summary.key_rows += key_rows as u64;
                         summary.balance_rows += balance_rows as u64;

@@ -228,7 +228,7 @@ impl Transport {
             (true, Some(legacy)) => legacy,
             _ => method.name,
         };
-        match self.request(ep, name, params).await {
+        match self.timed(ep, name, params).await {
             Err(e) if e.is_method_not_found() && !use_legacy && method.legacy.is_some() => {
                 tracing::info!(url = %ep.display, method = method.name, "node does not know this method name; using EXPERIMENTAL_ names from now on");
                 ep.legacy_names.store(true, Ordering::Relaxed);
@@ -237,6 +237,24 @@ impl Transport {
             }
             other => other,
         }
+    }
+
+    /// [`Self::request`], counted and timed for the metrics.
+    async fn timed<T: DeserializeOwned>(
+        &self,
+        ep: &Endpoint,
+        name: &str,
+        params: &Value,
+    ) -> Result<T, RpcError> {
+        use crate::metrics::{METRICS, add};
+        let started = std::time::Instant::now();
+        let result = self.request(ep, name, params).await;
+        add(&METRICS.rpc_requests, 1);
+        add(&METRICS.rpc_micros, started.elapsed().as_micros() as u64);
+        if result.is_err() {
+            add(&METRICS.rpc_errors, 1);
+        }
+        result
     }
 
     async fn request<T: DeserializeOwned>(

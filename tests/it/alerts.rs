@@ -859,3 +859,65 @@ async fn scheduled_jobs_reconcile_prune_attempts_and_mail_the_daily_report(pool:
         .unwrap();
     assert!(deliveries >= 2, "alert_log keeps its rows");
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn metrics_and_health_are_served(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let _story = one_alert_story(&pool, &smtp, &hook).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keywatch::metrics::serve(
+        listener,
+        pool.clone(),
+        Duration::from_secs(300),
+    ));
+    keywatch::rpc::transport::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("keywatch_blocks_ingested_total") >= 5.0, "{metrics}");
+    assert!(value("keywatch_rpc_requests_total") > 0.0);
+    assert!(value("keywatch_alerts_total") >= 1.0);
+    assert!(metrics.contains("# TYPE keywatch_lag_blocks gauge"));
+    let ok = http
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let body: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(
+        (body["status"].as_str(), body["cursor"].as_i64()),
+        (Some("ok"), Some(1006))
+    );
+    sqlx::query("update ingest_cursor set updated_at = now() - interval '1 hour'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stalled = http
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 503);
+    assert_eq!(
+        stalled.json::<serde_json::Value>().await.unwrap()["status"],
+        "stalled"
+    );
+}

@@ -22,7 +22,7 @@ fn config(dir: &tempfile::TempDir, rpc_url: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[rpc]\nurls = [{rpc_url:?}]\nchain_id = \"localnet\"\nrequests_per_second = 0\nconcurrency = 4\ntimeout = \"2s\"\nattempts_per_url = 10\nbackoff_min = \"1ms\"\nbackoff_max = \"10ms\"\n[ingest]\npoll_interval = \"20ms\"\n"
+            "[rpc]\nurls = [{rpc_url:?}]\nchain_id = \"localnet\"\nrequests_per_second = 0\nconcurrency = 4\ntimeout = \"2s\"\nattempts_per_url = 10\nbackoff_min = \"1ms\"\nbackoff_max = \"10ms\"\n[ingest]\npoll_interval = \"20ms\"\n[server]\nlisten = \"127.0.0.1:0\"\n"
         ),
     )
     .unwrap();
