@@ -135,6 +135,7 @@ async fn sigkill_during_backfill_and_follow_loses_and_duplicates_nothing(pool: P
     let until = end.to_string();
     let kills_follow =
         run_with_kills(&cfg, &db, &["run", "--until-height", &until], 12, &mut rng).await;
+    eprintln!("SIGKILLs that landed: {kills_backfill} during backfill, {kills_follow} during run");
     assert!(
         kills_backfill + kills_follow >= 20,
         "only {kills_backfill} + {kills_follow} kills landed"
