@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sqlx::PgPool;
 
-#[derive(Default)]
+/// Set once, read by `/metrics`: plain atomics, no locks on the hot path.
 pub struct Metrics {
     pub rpc_requests: AtomicU64,
     pub rpc_errors: AtomicU64,

@@ -106,6 +106,16 @@ impl Progress {
     }
 }
 
+/// The oldest height the node still serves.
+async fn earliest_height(rpc: &RpcClient) -> Result<u64, IngestError> {
+    Ok(rpc
+        .status()
+        .await?
+        .sync_info
+        .earliest_block_height
+        .unwrap_or(0))
+}
+
 /// Follows the chain from the cursor (which must exist; see
 /// [`crate::ingest::baseline::init_cursor`]) until told to stop.
 pub async fn follow(
@@ -116,12 +126,7 @@ pub async fn follow(
     mut stop: watch::Receiver<bool>,
 ) -> Result<FollowSummary, IngestError> {
     let mut summary = FollowSummary::default();
-    let mut earliest = rpc
-        .status()
-        .await?
-        .sync_info
-        .earliest_block_height
-        .unwrap_or(0);
+    let mut earliest = earliest_height(rpc).await?;
     let mut caught_up_at: Option<u64> = None;
     let first = store::cursor(pool)
         .await?
@@ -147,12 +152,7 @@ pub async fn follow(
             break;
         }
         if cursor.height + 1 < earliest {
-            earliest = rpc
-                .status()
-                .await?
-                .sync_info
-                .earliest_block_height
-                .unwrap_or(0);
+            earliest = earliest_height(rpc).await?;
             if cursor.height + 1 < earliest {
                 if !opts.accept_gap {
                     return Err(IngestError::HistoryGone {
@@ -181,12 +181,7 @@ pub async fn follow(
             Ok(h) => h,
             Err(e @ IngestError::Continuity { .. }) => {
                 // A parent we cannot find may be history the node dropped.
-                earliest = rpc
-                    .status()
-                    .await?
-                    .sync_info
-                    .earliest_block_height
-                    .unwrap_or(0);
+                earliest = earliest_height(rpc).await?;
                 if cursor.height + 1 < earliest {
                     continue;
                 }

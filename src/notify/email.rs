@@ -116,8 +116,8 @@ impl EmailSender {
         })
     }
 
-    pub async fn send(&self, ds: &[Delivery], batch_id: Option<&str>) -> Result<(), SendError> {
-        let msg = self.message(ds, batch_id)?;
+    /// Hands a message to the SMTP server: 5xx is permanent, the rest transient.
+    async fn deliver(&self, msg: Message) -> Result<(), SendError> {
         self.transport
             .send(msg)
             .await
@@ -126,6 +126,11 @@ impl EmailSender {
                 permanent: e.is_permanent(),
                 message: format!("smtp: {e}"),
             })
+    }
+
+    pub async fn send(&self, ds: &[Delivery], batch_id: Option<&str>) -> Result<(), SendError> {
+        let msg = self.message(ds, batch_id)?;
+        self.deliver(msg).await
     }
 }
 
@@ -149,13 +154,6 @@ impl EmailSender {
             permanent: true,
             message: format!("cannot build the message: {e}"),
         })?;
-        self.transport
-            .send(msg)
-            .await
-            .map(|_| ())
-            .map_err(|e| SendError {
-                permanent: e.is_permanent(),
-                message: format!("smtp: {e}"),
-            })
+        self.deliver(msg).await
     }
 }

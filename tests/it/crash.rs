@@ -287,14 +287,11 @@ async fn reconcile_exits_1_on_drift_and_0_once_corrected(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
-async fn a_kill_after_the_smtp_server_took_a_message_gives_at_most_one_duplicate(pool: PgPool) {
-    use crate::smtp::{Mode, SmtpServer};
-    let smtp = SmtpServer::start().await;
-    let scenario = keywatch::sim::Scenario::load(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml"),
-    )
-    .unwrap();
+/// The attack story up to 1008 (one alert at 1006 for an expected-keys
+/// config, two without), and a config that starts at 1001.
+async fn story_up_to_1008() -> (Simulator, tempfile::TempDir, PathBuf) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml");
+    let scenario = keywatch::sim::Scenario::load(&path).unwrap();
     let sim = Simulator::start(
         scenario,
         SimOptions {
@@ -307,8 +304,19 @@ async fn a_kill_after_the_smtp_server_took_a_message_gives_at_most_one_duplicate
     sim.advance_to(1002);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[ingest]\n", "[ingest]\nstart = 1001\n");
+    std::fs::write(&cfg, text).unwrap();
+    (sim, dir, cfg)
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_kill_after_the_smtp_server_took_a_message_gives_at_most_one_duplicate(pool: PgPool) {
+    use crate::smtp::{Mode, SmtpServer};
+    let smtp = SmtpServer::start().await;
+    let (sim, _dir, cfg) = story_up_to_1008().await;
     let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text = text.replace("[ingest]\n", "[ingest]\nstart = 1001\n");
     text.push_str(&format!(
         "[notify]\nmax_age = \"3650days\"\nretry_min = \"100ms\"\n[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"60s\"\nfrom = \"kw@example.com\"\nto = [\"ops@example.com\"]\n",
         smtp.port
@@ -396,25 +404,8 @@ async fn keywatch_alerts_shows_a_permanent_rejection(pool: PgPool) {
     use crate::smtp::{Mode, SmtpServer};
     let smtp = SmtpServer::start().await;
     smtp.set_mode(Mode::Reject550);
-    let scenario = keywatch::sim::Scenario::load(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml"),
-    )
-    .unwrap();
-    let sim = Simulator::start(
-        scenario,
-        SimOptions {
-            until: Some(1008),
-            ..SimOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    sim.advance_to(1002);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir, &sim.url());
-    let mut text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[ingest]\n", "[ingest]\nstart = 1001\n");
+    let (sim, _dir, cfg) = story_up_to_1008().await;
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(
         "[notify]\nmax_age = \"3650days\"\n[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"kw@example.com\"\nto = [\"ops@example.com\"]\n[[accounts]]\nid = \"treasury.near\"\nexpected_keys = [\"ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6\"]\n",
         smtp.port
