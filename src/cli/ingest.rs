@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{
-    CmdResult, Failure, bad_input, connect, load_settings, parse_account, shutdown_signal,
+    CmdResult, Failure, bad_input, connect_rpc, load_settings, parse_account, shutdown_signal,
 };
 use crate::config::{Settings, StartAt};
 use crate::ingest::IngestError;
@@ -21,11 +21,7 @@ fn ingest_failure(e: IngestError) -> Failure {
 
 /// Connects, checks the chain, and upserts the config's accounts.
 async fn prepare(settings: &Settings) -> Result<(sqlx::PgPool, RpcClient), Failure> {
-    let pool = connect(settings).await?;
-    let rpc = RpcClient::new(settings.rpc.client.clone()).map_err(bad_input)?;
-    rpc.verify_chain(&settings.rpc.chain_id)
-        .await
-        .context("checking the rpc node")?;
+    let (pool, rpc) = connect_rpc(settings).await?;
     for allow_missing in [false, true] {
         let watches: Vec<NewWatch> = settings
             .accounts
@@ -220,11 +216,7 @@ pub async fn reconcile(config: &Path, raw: &[String]) -> CmdResult {
         .map(|a| parse_account(a))
         .collect::<Result<Vec<_>, _>>()?;
     let settings = load_settings(config)?;
-    let pool = connect(&settings).await?;
-    let rpc = RpcClient::new(settings.rpc.client.clone()).map_err(bad_input)?;
-    rpc.verify_chain(&settings.rpc.chain_id)
-        .await
-        .context("checking the rpc node")?;
+    let (pool, rpc) = connect_rpc(&settings).await?;
     let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
     let report = crate::ingest::reconcile::reconcile(&pool, &rpc, &accounts, Some(&ctx))
         .await

@@ -285,6 +285,20 @@ pub async fn connect(settings: &Settings) -> Result<sqlx::PgPool, Failure> {
     Ok(pool)
 }
 
+/// The database (migrated) and an RPC client whose every url serves the
+/// configured chain.
+pub async fn connect_rpc(
+    settings: &Settings,
+) -> Result<(sqlx::PgPool, crate::rpc::RpcClient), Failure> {
+    use anyhow::Context;
+    let pool = connect(settings).await?;
+    let rpc = crate::rpc::RpcClient::new(settings.rpc.client.clone()).map_err(bad_input)?;
+    rpc.verify_chain(&settings.rpc.chain_id)
+        .await
+        .context("checking the rpc node")?;
+    Ok((pool, rpc))
+}
+
 async fn migrate(path: &std::path::Path) -> CmdResult {
     let settings = load_settings(path)?;
     connect(&settings).await?;

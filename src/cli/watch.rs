@@ -8,10 +8,11 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::cli::{CmdResult, Failure, WatchCommand, bad_input, connect, load_settings};
+use crate::cli::{
+    CmdResult, Failure, WatchCommand, bad_input, connect, connect_rpc, load_settings,
+};
 use crate::domain::{AccountId, PublicKey};
 use crate::ingest::baseline::start_tracking;
-use crate::rpc::RpcClient;
 use crate::store;
 use crate::store::watch::{AddOutcome, NewWatch};
 
@@ -61,11 +62,7 @@ async fn add(
         PublicKey::parse_handle(s).map_err(|e| e.to_string())
     })?;
     let settings = load_settings(config)?;
-    let pool = connect(&settings).await?;
-    let rpc = RpcClient::new(settings.rpc.client.clone()).map_err(bad_input)?;
-    rpc.verify_chain(&settings.rpc.chain_id)
-        .await
-        .context("checking the rpc node")?;
+    let (pool, rpc) = connect_rpc(&settings).await?;
     let watches: Vec<NewWatch> = accounts
         .into_iter()
         .map(|account_id| NewWatch {

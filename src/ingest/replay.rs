@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use bigdecimal::BigDecimal;
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::{AccessKey, AccountId, AccountState, BlockHeader, CryptoHash, PublicKey};
+use crate::domain::{AccessKey, AccountId, BlockHeader, CryptoHash, PublicKey};
 use crate::ingest::IngestError;
 use crate::ingest::alerts::{AccountBlock, AlertContext, block_rules, window_rules};
 use crate::rules::KeyWrite;
-use crate::store::convert::{height_to_i64, i64_to_height, numeric_to_u64, numeric_to_yocto};
+use crate::store::convert::height_to_i64;
 
 /// An alert the replay decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,40 +29,35 @@ fn hash(h: &str) -> Result<CryptoHash, IngestError> {
     CryptoHash::parse(h).map_err(|e| IngestError::Invalid(format!("stored hash: {e}")))
 }
 
-/// The keys of `account` at the end of block `height`, from history.
+/// The keys of `account` at the end of block `height`, from history (none
+/// outside a tracking period).
 async fn keys_at(
     tx: &mut PgConnection,
-    account: &str,
+    account: &AccountId,
     height: i64,
 ) -> Result<BTreeMap<PublicKey, AccessKey>, IngestError> {
-    let rows: Vec<(String, String, Option<serde_json::Value>, Option<BigDecimal>)> = sqlx::query_as(
-        "select public_key, action, permission_raw, nonce from (
-            select distinct on (public_key) public_key, action, permission_raw, nonce
-            from key_history where account_id = $1 and block_height <= $2 and action <> 'nonce_slot'
-            order by public_key, block_height desc, case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc, index_in_block desc
-         ) last_write where action <> 'deleted'",
-    )
-    .bind(account)
-    .bind(height)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut out = BTreeMap::new();
-    for (key, _, raw, nonce) in rows {
-        let (Some(raw), Some(nonce)) = (raw, nonce) else {
-            continue;
-        };
-        let k = PublicKey::parse(&key).map_err(|e| IngestError::Invalid(e.to_string()))?;
-        let permission =
-            crate::rpc::views::permission_from_json(raw).map_err(IngestError::Invalid)?;
-        out.insert(
-            k,
-            AccessKey {
-                nonce: numeric_to_u64("nonce", &nonce)?,
-                permission,
-            },
-        );
-    }
-    Ok(out)
+    use crate::store::keys::KeysAtError;
+    let keys = match crate::store::keys::keys_at(tx, account, height.max(0) as u64).await {
+        Ok(keys) => keys,
+        Err(KeysAtError::NotTracked { .. } | KeysAtError::NoCursor) => return Ok(BTreeMap::new()),
+        Err(KeysAtError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(IngestError::Invalid(e.to_string())),
+    };
+    keys.into_iter()
+        .map(|k| {
+            let key =
+                PublicKey::parse(&k.public_key).map_err(|e| IngestError::Invalid(e.to_string()))?;
+            let permission = crate::rpc::views::permission_from_json(k.permission_raw)
+                .map_err(IngestError::Invalid)?;
+            Ok((
+                key,
+                AccessKey {
+                    nonce: k.nonce,
+                    permission,
+                },
+            ))
+        })
+        .collect()
 }
 
 type KeyRowTuple = (
@@ -135,25 +130,21 @@ async fn facts(
     .await?;
     let mut contract_changed = None;
     for (_, _, amount, locked, storage, code, gch, gca) in bal.iter().filter(|b| b.1).cloned() {
-        contract_changed = Some(AccountState {
-            amount: numeric_to_yocto("amount", &amount.unwrap_or_default())?,
-            locked: numeric_to_yocto("locked", &locked.unwrap_or_default())?,
-            storage_usage: i64_to_height("storage usage", storage.unwrap_or_default())?,
-            code_hash: hash(&code.unwrap_or_default())?,
-            global_contract_hash: gch.map(|h| hash(&h)).transpose()?,
-            global_contract_account_id: gca.and_then(|a| AccountId::parse(&a).ok()),
-        });
+        let columns = (amount, locked, storage, code, gch, gca);
+        contract_changed = Some(crate::store::history::account_state(account, columns)?);
     }
     let unknown: Vec<String> = sqlx::query_scalar("select change_type from unknown_changes where account_id = $1 and block_hash = $2 order by index_in_block")
         .bind(account)
         .bind(block_hash)
         .fetch_all(&mut *tx)
         .await?;
+    let keys_before = keys_at(tx, &account_id, height - 1).await?;
+    let keys_after = keys_at(tx, &account_id, height).await?;
     Ok(AccountBlock {
         account: account_id,
         writes,
-        keys_before: keys_at(tx, account, height - 1).await?,
-        keys_after: keys_at(tx, account, height).await?,
+        keys_before,
+        keys_after,
         nonce_slot_keys,
         account_deleted: bal.iter().any(|b| b.0),
         contract_changed,

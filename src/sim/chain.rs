@@ -82,6 +82,14 @@ enum Deferred {
 
 type History<T> = Vec<(u64, Option<T>)>;
 
+/// Records `now` as the end-of-block value at height `h` (one entry per block).
+fn set_at<T>(hist: &mut History<T>, h: u64, now: Option<T>) {
+    match hist.last_mut() {
+        Some((last, value)) if *last == h => *value = now,
+        _ => hist.push((h, now)),
+    }
+}
+
 pub struct Chain {
     spec: ChainSpec,
     blocks: Vec<SimBlock>,
@@ -359,11 +367,7 @@ impl Chain {
                 | ChangeValue::AccountDeletion { account_id } => {
                     let now = self.accounts.get(account_id).cloned();
                     let hist = self.account_history.entry(account_id.clone()).or_default();
-                    if hist.last().map(|(hh, _)| *hh) != Some(h) {
-                        hist.push((h, now));
-                    } else {
-                        hist.last_mut().expect("checked").1 = now;
-                    }
+                    set_at(hist, h, now);
                 }
                 ChangeValue::AccessKeyUpdate {
                     account_id,
@@ -390,11 +394,7 @@ impl Chain {
                         .or_default()
                         .entry(public_key.clone())
                         .or_default();
-                    if hist.last().map(|(hh, _)| *hh) != Some(h) {
-                        hist.push((h, now));
-                    } else {
-                        hist.last_mut().expect("checked").1 = now;
-                    }
+                    set_at(hist, h, now);
                 }
                 _ => {}
             }

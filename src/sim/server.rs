@@ -326,27 +326,45 @@ fn unknown_block_height(chain: &Chain, height: u64) -> WireError {
     .with_http(if below_head { 422 } else { 200 })
 }
 
-fn resolve<'c>(chain: &'c Chain, r: &Ref) -> Result<&'c SimBlock, WireError> {
-    match r {
-        Ref::Finality(f) => Ok(match f.as_str() {
+/// What a block reference names on this node.
+enum Lookup<'c> {
+    Block(&'c SimBlock),
+    /// The header is known but its data is garbage-collected.
+    Collected(&'c SimBlock),
+    Missing,
+}
+
+fn lookup<'c>(chain: &'c Chain, r: &Ref) -> Lookup<'c> {
+    let found = match r {
+        Ref::Finality(f) => Some(match f.as_str() {
             "final" => chain.final_block(),
             "near-final" => chain.near_final_block(),
             _ => chain.head(),
         }),
-        Ref::Height(h) => match chain.block_by_height(*h) {
-            Some(b) if !chain.is_collected(b) => Ok(b),
-            _ => Err(unknown_block_height(chain, *h)),
-        },
-        Ref::Hash(h) => match chain.block_by_hash(h) {
-            Some(b) if !chain.is_collected(b) => Ok(b),
-            _ => Err(WireError::handler(
-                "UNKNOWN_BLOCK",
-                Some(json!({})),
-                json!(format!(
-                    "DB Not Found Error: BLOCK HASH: {h} \n Cause: Unknown"
-                )),
+        Ref::Height(h) => chain.block_by_height(*h),
+        Ref::Hash(h) => chain.block_by_hash(h),
+    };
+    match found {
+        // A node never drops its own head or final block.
+        Some(b) if chain.is_collected(b) && !matches!(r, Ref::Finality(_)) => Lookup::Collected(b),
+        Some(b) => Lookup::Block(b),
+        None => Lookup::Missing,
+    }
+}
+
+/// For `block` and `changes`: a collected block is as unknown as a missing one.
+fn resolve<'c>(chain: &'c Chain, r: &Ref) -> Result<&'c SimBlock, WireError> {
+    match (lookup(chain, r), r) {
+        (Lookup::Block(b), _) => Ok(b),
+        (_, Ref::Height(h)) => Err(unknown_block_height(chain, *h)),
+        // (a finality always names a block, so only a hash gets here)
+        (_, Ref::Hash(h) | Ref::Finality(h)) => Err(WireError::handler(
+            "UNKNOWN_BLOCK",
+            Some(json!({})),
+            json!(format!(
+                "DB Not Found Error: BLOCK HASH: {h} \n Cause: Unknown"
             )),
-        },
+        )),
     }
 }
 
@@ -509,39 +527,36 @@ fn query(chain: &Chain, params: &Value, legacy: bool) -> Result<Value, WireError
             WireError::parse("Failed parsing args: missing or invalid field `account_id`".into())
         })?;
     // A collected block's header is still known: queries say so precisely.
-    let b = match &r {
-        Ref::Height(h) => match chain.block_by_height(*h) {
-            Some(b) if chain.is_collected(b) => return Err(garbage_collected(b)),
-            Some(b) => b,
-            None => {
-                return Err(WireError::handler(
-                    "UNKNOWN_BLOCK",
-                    Some(json!({"block_reference": {"block_id": h}})),
-                    json!(format!(
-                        "DB Not Found Error: BLOCK HEIGHT: {h} \n Cause: Unknown"
-                    )),
-                )
-                .with_http(if *h < chain.head().header.height {
-                    422
-                } else {
-                    200
-                }));
-            }
-        },
-        Ref::Hash(h) => match chain.block_by_hash(h) {
-            Some(b) if chain.is_collected(b) => return Err(garbage_collected(b)),
-            Some(b) => b,
-            None => {
-                return Err(WireError::handler(
-                    "UNKNOWN_BLOCK",
-                    Some(json!({"block_reference": {"block_id": h}})),
-                    json!(format!(
-                        "Block either has never been observed on the node or has been garbage collected: BlockId(Hash({h}))"
-                    )),
-                ));
-            }
-        },
-        Ref::Finality(_) => resolve(chain, &r)?,
+    let b = match (lookup(chain, &r), &r) {
+        (Lookup::Block(b), _) => b,
+        (Lookup::Collected(b), _) => return Err(garbage_collected(b)),
+        (Lookup::Missing, Ref::Height(h)) => {
+            return Err(WireError::handler(
+                "UNKNOWN_BLOCK",
+                Some(json!({"block_reference": {"block_id": h}})),
+                json!(format!(
+                    "DB Not Found Error: BLOCK HEIGHT: {h} \n Cause: Unknown"
+                )),
+            )
+            .with_http(if *h < chain.head().header.height {
+                422
+            } else {
+                200
+            }));
+        }
+        (Lookup::Missing, _) => {
+            let id = match &r {
+                Ref::Hash(h) => h.clone(),
+                _ => String::new(),
+            };
+            return Err(WireError::handler(
+                "UNKNOWN_BLOCK",
+                Some(json!({"block_reference": {"block_id": id}})),
+                json!(format!(
+                    "Block either has never been observed on the node or has been garbage collected: BlockId(Hash({id}))"
+                )),
+            ));
+        }
     };
     let h = b.header.height;
     let at = |mut m: serde_json::Map<String, Value>| {

@@ -238,6 +238,43 @@ pub async fn history(
     Ok(out)
 }
 
+/// An account's stored columns (amount, locked, storage_usage, code_hash,
+/// global_contract_hash, global_contract_account_id), as read from
+/// `current_accounts` or `balance_events`.
+pub type AccountColumns = (
+    Option<BigDecimal>,
+    Option<BigDecimal>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The account state those columns hold; every required column must be set.
+pub fn account_state(account: &str, c: AccountColumns) -> Result<AccountState, StoreError> {
+    let (amount, locked, storage, code, gch, gca) = c;
+    let bad =
+        |what: &str| StoreError::Invalid(format!("stored state of {account} has a bad {what}"));
+    let hash =
+        |h: Option<String>, what: &str| -> Result<Option<crate::domain::CryptoHash>, StoreError> {
+            h.map(|h| crate::domain::CryptoHash::parse(&h).map_err(|_| bad(what)))
+                .transpose()
+        };
+    Ok(AccountState {
+        amount: numeric_to_yocto("amount", amount.as_ref().ok_or_else(|| bad("amount"))?)?,
+        locked: numeric_to_yocto("locked", locked.as_ref().ok_or_else(|| bad("locked"))?)?,
+        storage_usage: i64_to_height(
+            "storage usage",
+            storage.ok_or_else(|| bad("storage usage"))?,
+        )?,
+        code_hash: hash(code, "code hash")?.ok_or_else(|| bad("code hash"))?,
+        global_contract_hash: hash(gch, "global contract hash")?,
+        global_contract_account_id: gca
+            .map(|a| AccountId::parse(&a).map_err(|_| bad("global contract account")))
+            .transpose()?,
+    })
+}
+
 /// The end-of-block state of a watched account: `None` if unknown,
 /// `Some(None)` if deleted.
 pub async fn load_account(
@@ -260,30 +297,12 @@ pub async fn load_account(
     .bind(account.as_str())
     .fetch_optional(conn)
     .await?;
-    let Some((amount, locked, storage, code, gch, gca, deleted)) = row else {
-        return Ok(None);
-    };
-    if deleted {
-        return Ok(Some(None));
+    match row {
+        None => Ok(None),
+        Some((.., true)) => Ok(Some(None)),
+        Some((amount, locked, storage, code, gch, gca, false)) => Ok(Some(Some(account_state(
+            account.as_str(),
+            (amount, locked, storage, code, gch, gca),
+        )?))),
     }
-    let bad =
-        |what: &str| StoreError::Invalid(format!("stored state of {account} has a bad {what}"));
-    let hash =
-        |h: Option<String>, what: &str| -> Result<Option<crate::domain::CryptoHash>, StoreError> {
-            h.map(|h| crate::domain::CryptoHash::parse(&h).map_err(|_| bad(what)))
-                .transpose()
-        };
-    Ok(Some(Some(AccountState {
-        amount: numeric_to_yocto("amount", amount.as_ref().ok_or_else(|| bad("amount"))?)?,
-        locked: numeric_to_yocto("locked", locked.as_ref().ok_or_else(|| bad("locked"))?)?,
-        storage_usage: i64_to_height(
-            "storage usage",
-            storage.ok_or_else(|| bad("storage usage"))?,
-        )?,
-        code_hash: hash(code, "code hash")?.ok_or_else(|| bad("code hash"))?,
-        global_contract_hash: hash(gch, "global contract hash")?,
-        global_contract_account_id: gca
-            .map(|a| AccountId::parse(&a).map_err(|_| bad("global contract account")))
-            .transpose()?,
-    })))
 }

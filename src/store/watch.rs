@@ -223,43 +223,47 @@ pub async fn remove(
     Ok(true)
 }
 
+type WatchRow = (
+    String,
+    Option<String>,
+    Vec<String>,
+    Vec<String>,
+    bool,
+    Option<i64>,
+);
+
+const WATCH_COLUMNS: &str = "select account_id, label, expected_keys, cold_keys, allow_missing, baseline_height from watched_accounts";
+
+fn to_watched(
+    (id, label, expected, cold, allow_missing, baseline): WatchRow,
+) -> Result<WatchedAccount, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        StoreError::Invalid(format!("stored watch list entry {id:?}: {e}"))
+    };
+    let keys = |v: Vec<String>| {
+        v.iter()
+            .map(|k| PublicKey::parse(k).map_err(|e| bad(&e)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(WatchedAccount {
+        account_id: AccountId::parse(&id).map_err(|e| bad(&e))?,
+        label,
+        expected_keys: keys(expected)?,
+        cold_keys: keys(cold)?,
+        allow_missing,
+        baseline_height: baseline
+            .map(|h| crate::store::convert::i64_to_height("baseline height", h))
+            .transpose()?,
+    })
+}
+
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<WatchedAccount>, StoreError> {
-    type Row = (
-        String,
-        Option<String>,
-        Vec<String>,
-        Vec<String>,
-        bool,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "select account_id, label, expected_keys, cold_keys, allow_missing, baseline_height
-         from watched_accounts order by account_id",
-    )
+    let rows: Vec<WatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{WATCH_COLUMNS} order by account_id"
+    )))
     .fetch_all(conn)
     .await?;
-    rows.into_iter()
-        .map(|(id, label, expected, cold, allow_missing, baseline)| {
-            let bad = |e: &dyn std::fmt::Display| {
-                StoreError::Invalid(format!("stored watch list entry {id:?}: {e}"))
-            };
-            let keys = |v: Vec<String>| {
-                v.iter()
-                    .map(|k| PublicKey::parse(k).map_err(|e| bad(&e)))
-                    .collect::<Result<Vec<_>, _>>()
-            };
-            Ok(WatchedAccount {
-                account_id: AccountId::parse(&id).map_err(|e| bad(&e))?,
-                label,
-                expected_keys: keys(expected)?,
-                cold_keys: keys(cold)?,
-                allow_missing,
-                baseline_height: baseline
-                    .map(|h| crate::store::convert::i64_to_height("baseline height", h))
-                    .transpose()?,
-            })
-        })
-        .collect()
+    rows.into_iter().map(to_watched).collect()
 }
 
 /// Watched accounts with (`with_baseline`) or without a baseline yet.
@@ -306,8 +310,11 @@ pub async fn get(
     conn: &mut PgConnection,
     account: &AccountId,
 ) -> Result<Option<WatchedAccount>, StoreError> {
-    Ok(list(conn)
-        .await?
-        .into_iter()
-        .find(|w| &w.account_id == account))
+    let row: Option<WatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{WATCH_COLUMNS} where account_id = $1"
+    )))
+    .bind(account.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.map(to_watched).transpose()
 }

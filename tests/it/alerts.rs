@@ -91,6 +91,21 @@ fn story() -> Scenario {
 
 type Clock = Arc<Mutex<chrono::DateTime<chrono::Utc>>>;
 
+/// Moves the injected clock forward.
+fn advance(clock: &Clock, secs: i64) {
+    let later = *clock.lock().unwrap() + chrono::Duration::seconds(secs);
+    *clock.lock().unwrap() = later;
+}
+
+/// The status and attempts of the single delivery on `channel`.
+async fn delivery(pool: &PgPool, channel: &str) -> (String, i32) {
+    sqlx::query_as("select status, attempts from alert_log where channel = $1")
+        .bind(channel)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 fn clock() -> (Clock, keywatch::dispatch::Clock) {
     let c = Arc::new(Mutex::new(chrono::Utc::now()));
     let c2 = c.clone();
@@ -323,22 +338,16 @@ async fn an_smtp_server_that_refuses_for_a_while_gets_every_alert_afterwards(poo
     let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
     for _ in 0..3 {
         d.run_once().await.unwrap();
-        let later = *clock.lock().unwrap() + chrono::Duration::seconds(30);
-        *clock.lock().unwrap() = later;
+        advance(&clock, 30);
     }
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("select status, attempts from alert_deliveries where channel = 'email'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (status, attempts) = delivery(&pool, "email").await;
     assert_eq!(
         (status.as_str(), attempts),
         ("pending", 3),
         "still pending after three refused attempts"
     );
     smtp.set_mode(Mode::Accept);
-    let later = *clock.lock().unwrap() + chrono::Duration::seconds(60);
-    *clock.lock().unwrap() = later;
+    advance(&clock, 60);
     dispatch_all(&d).await;
     assert_eq!(smtp.mails().len(), 1);
     let (status, attempts, err): (String, i32, Option<String>) = sqlx::query_as(
@@ -397,24 +406,15 @@ async fn a_rejecting_webhook_is_permanent_and_a_failing_one_is_retried(pool: PgP
     let (clock, now) = clock();
     let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
     d.run_once().await.unwrap();
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("select status, attempts from alert_log where channel = 'webhook'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (status, attempts) = delivery(&pool, "webhook").await;
     assert_eq!(
         (status.as_str(), attempts),
         ("pending", 1),
         "503 is transient"
     );
-    let later = *clock.lock().unwrap() + chrono::Duration::seconds(60);
-    *clock.lock().unwrap() = later;
+    advance(&clock, 60);
     d.run_once().await.unwrap();
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("select status, attempts from alert_log where channel = 'webhook'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (status, attempts) = delivery(&pool, "webhook").await;
     assert_eq!(
         (status.as_str(), attempts),
         ("failed", 2),
@@ -840,8 +840,7 @@ async fn scheduled_jobs_reconcile_prune_attempts_and_mail_the_daily_report(pool:
         .await
         .unwrap();
     assert_eq!(kept, attempts_before, "recent attempts are kept");
-    let later = *clock.lock().unwrap() + chrono::Duration::days(31);
-    *clock.lock().unwrap() = later;
+    advance(&clock, 2678400);
     scheduler.run_job(Job::Retention).await.unwrap();
     let kept: i64 = sqlx::query_scalar("select count(*) from delivery_attempts")
         .fetch_one(&pool)

@@ -435,23 +435,7 @@ async fn errors_have_the_envelopes_and_http_codes_of_a_current_node() {
         );
     }
     // too many keys for an unpaginated request
-    let many: String = (0..5)
-        .map(|i| {
-            format!(
-                "{{ key = \"{}\", permission = \"full_access\" }},",
-                keywatch::sim::scenario::seeded_key(9, i)
-            )
-        })
-        .collect();
-    let text = format!(
-        "[chain]\nstart_height = 10\nkey_page_limit = 3\n[[accounts]]\nid = \"many.near\"\namount = \"1\"\nkeys = [{many}]\n"
-    );
-    let s2 = Simulator::start(
-        Scenario::from_toml(&text, "many").unwrap(),
-        SimOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s2 = many_keys("many.near", 5, 9, "key_page_limit = 3\n").await;
     let (status, body) = raw(&s2, "query", json!({"request_type": "view_access_key_list", "account_id": "many.near", "finality": "final"})).await;
     assert_eq!(status, 200);
     assert_shape(
@@ -557,6 +541,27 @@ async fn a_legacy_node_answers_like_the_captured_protocol_61_node() {
     );
 }
 
+/// A simulator whose only account holds `n` full-access keys.
+async fn many_keys(id: &str, n: u64, seed: u64, chain_extra: &str) -> Simulator {
+    let keys: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{ key = \"{}\", permission = \"full_access\" }},",
+                keywatch::sim::scenario::seeded_key(seed, i)
+            )
+        })
+        .collect();
+    let text = format!(
+        "[chain]\nstart_height = 10\n{chain_extra}[[accounts]]\nid = \"{id}\"\namount = \"1\"\nkeys = [{keys}]\n"
+    );
+    Simulator::start(
+        Scenario::from_toml(&text, "many keys").unwrap(),
+        SimOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 fn client(sim: &Simulator) -> RpcClient {
     RpcClient::new(RpcSettings {
         urls: vec![sim.url()],
@@ -628,23 +633,7 @@ async fn the_rpc_client_works_unchanged_against_both_profiles() {
 
 #[tokio::test]
 async fn pagination_walks_every_key_of_a_large_account() {
-    let many: String = (0..250)
-        .map(|i| {
-            format!(
-                "{{ key = \"{}\", permission = \"full_access\" }},",
-                keywatch::sim::scenario::seeded_key(5, i)
-            )
-        })
-        .collect();
-    let text = format!(
-        "[chain]\nstart_height = 10\n[[accounts]]\nid = \"exchange.near\"\namount = \"1\"\nkeys = [{many}]\n"
-    );
-    let s = Simulator::start(
-        Scenario::from_toml(&text, "many").unwrap(),
-        SimOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = many_keys("exchange.near", 250, 5, "").await;
     let (keys, _) = client(&s)
         .view_access_key_list(&BlockRef::Final, &acc("exchange.near"))
         .await
