@@ -14,23 +14,31 @@ use rand::RngExt;
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::notify::SendError;
-use crate::notify::email::EmailSender;
-use crate::notify::webhook::WebhookSender;
+use crate::health::{Dependency, Health};
+use crate::notify::{Channels, SendError};
 use crate::store::StoreError;
-use crate::store::alerts::{Delivery, Outcome, claim_due, recent_non_critical, record_attempt};
+use crate::store::alerts::{
+    Decided, Delivery, Initial, Outcome, claim_due, insert_with_key, lock_pending,
+    lock_pending_ids, mark_escalated, recent_non_critical, record_attempt, retry_now, stuck,
+};
+
+fn is_late(d: &Delivery) -> bool {
+    d.details.get("late").and_then(serde_json::Value::as_bool) == Some(true)
+}
 
 pub type Clock = Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
 
 pub struct Dispatcher {
     pool: PgPool,
-    email: Option<EmailSender>,
-    webhook: Option<WebhookSender>,
+    channels: Arc<Channels>,
     batch_after: i64,
     batch_interval: chrono::Duration,
     max_attempts: i32,
     retry_min: Duration,
     retry_max: Duration,
+    escalate_after: chrono::Duration,
+    delivery_failing: Option<crate::config::RuleSettings>,
+    health: Option<Arc<Health>>,
     now: Clock,
 }
 
@@ -46,31 +54,43 @@ pub enum DispatchError {
 
 impl Dispatcher {
     pub fn new(pool: PgPool, settings: &Settings, now: Clock) -> Result<Dispatcher, DispatchError> {
+        let channels = Channels::from_settings(settings).map_err(DispatchError::Setup)?;
+        Ok(Self::with_channels(pool, settings, Arc::new(channels), now))
+    }
+
+    pub fn with_channels(
+        pool: PgPool,
+        settings: &Settings,
+        channels: Arc<Channels>,
+        now: Clock,
+    ) -> Dispatcher {
         let n = &settings.notify;
-        let email = n
-            .email
-            .as_ref()
-            .map(|e| EmailSender::new(e, &n.explorer_url))
-            .transpose()
-            .map_err(DispatchError::Setup)?;
-        let webhook = n
-            .webhook
-            .as_ref()
-            .map(|w| WebhookSender::new(w, &n.explorer_url))
-            .transpose()
-            .map_err(DispatchError::Setup)?;
-        Ok(Dispatcher {
+        let chrono_of = |d: Duration, default: chrono::Duration| {
+            chrono::Duration::from_std(d).unwrap_or(default)
+        };
+        Dispatcher {
             pool,
-            email,
-            webhook,
+            channels,
             batch_after: i64::from(n.batch_after),
-            batch_interval: chrono::Duration::from_std(n.batch_interval)
-                .unwrap_or(chrono::Duration::minutes(5)),
+            batch_interval: chrono_of(n.batch_interval, chrono::Duration::minutes(5)),
             max_attempts: n.max_attempts as i32,
             retry_min: n.retry_min,
             retry_max: n.retry_max,
+            escalate_after: chrono_of(n.escalate_after, chrono::Duration::minutes(15)),
+            delivery_failing: settings
+                .rules
+                .get("delivery_failing")
+                .filter(|r| r.enabled)
+                .cloned(),
+            health: None,
             now,
-        })
+        }
+    }
+
+    /// Reports channel failures and a stuck outbox to `health`.
+    pub fn with_health(mut self, health: Arc<Health>) -> Dispatcher {
+        self.health = Some(health);
+        self
     }
 
     async fn send(
@@ -79,26 +99,34 @@ impl Dispatcher {
         ds: &[Delivery],
         batch_id: Option<&str>,
     ) -> Result<(), SendError> {
-        match channel {
-            "email" => match &self.email {
-                Some(e) => e.send(ds, batch_id).await,
-                None => Err(SendError {
-                    permanent: false,
-                    message: "email is not configured in this process".into(),
-                }),
-            },
-            "webhook" => match &self.webhook {
-                Some(w) => w.send(ds, batch_id, (self.now)()).await,
-                None => Err(SendError {
-                    permanent: false,
-                    message: "the webhook is not configured in this process".into(),
-                }),
-            },
-            other => Err(SendError {
-                permanent: true,
-                message: format!("unknown channel {other:?}"),
-            }),
+        let result = self
+            .channels
+            .send(channel, ds, batch_id, (self.now)())
+            .await;
+        let dep = match channel {
+            "email" => Some(Dependency::Email),
+            "webhook" => Some(Dependency::Webhook),
+            _ => None,
+        };
+        if let (Some(h), Some(dep)) = (&self.health, dep) {
+            match &result {
+                Ok(()) => h.recovered(dep),
+                Err(e) => h.failed(dep, &e.message),
+            }
         }
+        if result.is_ok() {
+            // The channel works: nothing on it should wait out an old backoff.
+            let mut conn = self.pool.acquire().await.map_err(|e| SendError {
+                permanent: false,
+                message: format!("sent, but the database is unavailable: {e}"),
+            });
+            if let Ok(conn) = &mut conn
+                && let Err(e) = retry_now(conn, channel, (self.now)()).await
+            {
+                tracing::warn!(channel, error = %e, "cannot reset the retry backoff");
+            }
+        }
+        result
     }
 
     fn backoff(&self, attempts: i32) -> chrono::Duration {
@@ -108,7 +136,11 @@ impl Dispatcher {
         chrono::Duration::milliseconds((capped * jitter * 1000.0) as i64)
     }
 
-    fn outcome(&self, result: &Result<(), SendError>, attempts_so_far: i32) -> Outcome {
+    /// What an attempt means for the delivery. A critical alert is never
+    /// given up on for transient failures: it is retried at `retry_max` for
+    /// as long as it takes (and escalated meanwhile).
+    fn outcome(&self, d: &Delivery, result: &Result<(), SendError>) -> Outcome {
+        let attempts_so_far = d.attempts;
         let counter = if result.is_ok() {
             &crate::metrics::METRICS.deliveries_ok
         } else {
@@ -118,7 +150,9 @@ impl Dispatcher {
         match result {
             Ok(()) => Outcome::Delivered,
             Err(e) if e.permanent => Outcome::Permanent,
-            Err(_) if attempts_so_far + 1 >= self.max_attempts => Outcome::Permanent,
+            Err(_) if d.severity != "critical" && attempts_so_far + 1 >= self.max_attempts => {
+                Outcome::Permanent
+            }
             Err(_) => Outcome::Transient((self.now)() + self.backoff(attempts_so_far)),
         }
     }
@@ -146,7 +180,11 @@ impl Dispatcher {
             let (recent, last_batch) =
                 recent_non_critical(&mut tx, &channel, now - self.batch_interval).await?;
             tx.commit().await?;
-            if recent + list.len() as i64 <= self.batch_after && last_batch.is_none() {
+            // After a catch-up, late warning/info alerts go out as one digest.
+            let digest = list.len() > 1 && list.iter().any(is_late);
+            if digest {
+                attempted += self.deliver_batch(&channel, &list).await?;
+            } else if recent + list.len() as i64 <= self.batch_after && last_batch.is_none() {
                 for d in list {
                     attempted += usize::from(self.deliver_one(d.delivery_id).await?);
                 }
@@ -161,19 +199,11 @@ impl Dispatcher {
     /// Locks one delivery, sends it and records the attempt in one transaction.
     async fn deliver_one(&self, delivery_id: i64) -> Result<bool, DispatchError> {
         let mut tx = self.pool.begin().await?;
-        let sql = "select d.id as delivery_id, a.id as alert_id, d.channel, d.attempts, a.rule, a.severity, a.account_id,
-                a.public_key, a.block_height, a.block_hash, a.block_time, a.title, a.details, a.created_at
-             from alert_deliveries d join alerts a on a.id = d.alert_id
-             where d.id = $1 and d.status = 'pending' for update of d skip locked";
-        let Some(d): Option<Delivery> = sqlx::query_as(sql)
-            .bind(delivery_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let Some(d) = lock_pending(&mut tx, delivery_id).await? else {
             return Ok(false);
         };
         let result = self.send(&d.channel, std::slice::from_ref(&d), None).await;
-        let outcome = self.outcome(&result, d.attempts);
+        let outcome = self.outcome(&d, &result);
         if let Err(e) = &result {
             tracing::warn!(alert = d.alert_id, channel = %d.channel, error = %e, ?outcome, "delivery failed");
         }
@@ -197,10 +227,7 @@ impl Dispatcher {
     ) -> Result<usize, DispatchError> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<i64> = list.iter().map(|d| d.delivery_id).collect();
-        let locked: Vec<i64> = sqlx::query_scalar("select id from alert_deliveries where id = any($1) and status = 'pending' for update skip locked")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
+        let locked = lock_pending_ids(&mut tx, &ids).await?;
         let batch: Vec<Delivery> = list
             .iter()
             .filter(|d| locked.contains(&d.delivery_id))
@@ -209,11 +236,13 @@ impl Dispatcher {
         if batch.is_empty() {
             return Ok(0);
         }
-        let batch_id = format!("batch-{}-{}", batch[0].delivery_id, batch.len());
+        // Random, so no two batches share an id (one derived from the first
+        // member and a count would repeat after a partial retry).
+        let batch_id = format!("batch-{}", hex::encode(rand::rng().random::<[u8; 12]>()));
         let result = self.send(channel, &batch, Some(&batch_id)).await;
         let now = (self.now)();
         for d in &batch {
-            let outcome = self.outcome(&result, d.attempts);
+            let outcome = self.outcome(d, &result);
             let err = result.as_ref().err().map(|e| e.message.clone());
             record_attempt(
                 &mut tx,
@@ -229,19 +258,106 @@ impl Dispatcher {
         Ok(batch.len())
     }
 
+    /// Raises `delivery_failing` for each delivery that ended `failed` or
+    /// is a critical alert pending longer than `notify.escalate_after`, on
+    /// the other channels (on the same one when it is the only one), and
+    /// tells `/ready`. Returns how many alerts it raised.
+    pub async fn escalate(&self) -> Result<usize, DispatchError> {
+        let now = (self.now)();
+        let mut conn = self.pool.acquire().await?;
+        let stuck = stuck(&mut conn, now - self.escalate_after).await?;
+        drop(conn);
+        if let Some(h) = &self.health {
+            h.set_outbox_stuck(stuck.first().map(|s| {
+                format!(
+                    "{} delivery(ies) failed or overdue, e.g. alert {} on {}",
+                    stuck.len(),
+                    s.alert_id,
+                    s.channel
+                )
+            }));
+        }
+        let mut raised = 0;
+        for s in &stuck {
+            let mut tx = self.pool.begin().await?;
+            if let Some(rule) = &self.delivery_failing {
+                let others: Vec<&str> = self
+                    .channels
+                    .names()
+                    .into_iter()
+                    .filter(|c| *c != s.channel)
+                    .collect();
+                let targets = if others.is_empty() {
+                    vec![s.channel.as_str()]
+                } else {
+                    others
+                };
+                let state = if s.status == "failed" {
+                    "was given up on".to_owned()
+                } else {
+                    format!(
+                        "is still pending after {}",
+                        humantime::format_duration(
+                            self.escalate_after.to_std().unwrap_or_default()
+                        )
+                    )
+                };
+                let draft = crate::rules::AlertDraft {
+                    rule: "delivery_failing",
+                    severity: rule.severity,
+                    account_id: String::new(),
+                    public_key: Some(s.channel.clone()),
+                    title: format!(
+                        "Alert #{} on {} {state}: {}",
+                        s.alert_id, s.channel, s.title
+                    ),
+                    details: serde_json::json!({
+                        "alert_id": s.alert_id, "channel": s.channel, "status": s.status,
+                        "rule": s.rule, "last_error": s.last_error,
+                    }),
+                };
+                let deliveries: Vec<(&str, Initial)> =
+                    targets.into_iter().map(|c| (c, Initial::Pending)).collect();
+                let at = Decided {
+                    block_height: s.block_height.max(0) as u64,
+                    block_hash: &s.block_hash,
+                    block_time: s.block_time,
+                };
+                let key = format!("delivery_failing|{}|{}", s.channel, s.delivery_id);
+                if insert_with_key(&mut tx, &key, &draft, &at, &deliveries)
+                    .await?
+                    .is_some()
+                {
+                    raised += 1;
+                    tracing::error!(alert = s.alert_id, channel = %s.channel, "{}", draft.title);
+                }
+            }
+            mark_escalated(&mut tx, s.delivery_id).await?;
+            tx.commit().await?;
+        }
+        Ok(raised)
+    }
+
     /// Runs until `stop`, then keeps delivering for up to `drain` while
-    /// anything is still due.
+    /// anything is still due. Wakes every 200 ms, or at once on `wake`.
     pub async fn run(
         &self,
         mut stop: tokio::sync::watch::Receiver<bool>,
         drain: Duration,
     ) -> Result<(), DispatchError> {
+        let mut last_escalation = tokio::time::Instant::now() - Duration::from_secs(60);
         loop {
             if *stop.borrow() {
                 break;
             }
             if let Err(e) = self.run_once().await {
                 tracing::error!(error = %e, "dispatcher pass failed");
+            }
+            if last_escalation.elapsed() >= Duration::from_secs(5) {
+                last_escalation = tokio::time::Instant::now();
+                if let Err(e) = self.escalate().await {
+                    tracing::error!(error = %e, "escalation check failed");
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -257,9 +373,7 @@ impl Dispatcher {
     }
 
     async fn pending_due(&self) -> Result<i64, DispatchError> {
-        Ok(sqlx::query_scalar("select count(*) from alert_deliveries where status = 'pending' and next_attempt_at <= $1")
-            .bind((self.now)())
-            .fetch_one(&self.pool)
-            .await?)
+        let mut conn = self.pool.acquire().await?;
+        Ok(crate::store::alerts::pending_due(&mut conn, (self.now)()).await?)
     }
 }

@@ -1,8 +1,11 @@
 //! Process-wide counters and gauges, and the `[server]` endpoint that
-//! serves them: `GET /metrics` (Prometheus text format) and `GET /health`
-//! (200 while ingestion advances, 503 once the cursor has not moved for the
-//! `ingest_stalled` rule's `after`).
+//! serves them: `GET /metrics` (Prometheus text format), `GET /health` (200
+//! while the process lives, standbys included, so a liveness probe never
+//! restarts keywatch because a dependency is down) and `GET /ready` (503
+//! with the reasons while it is starting, a standby, stalled, a dependency
+//! is failing or the outbox is stuck).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,10 +14,14 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sqlx::PgPool;
 
+use crate::health::Health;
+
 /// Set once, read by `/metrics`: plain atomics, no locks on the hot path.
 pub struct Metrics {
     pub rpc_requests: AtomicU64,
     pub rpc_errors: AtomicU64,
+    /// Times following failed and was retried from the cursor.
+    pub ingest_failures: AtomicU64,
     /// Total seconds spent in rpc requests, in microseconds.
     pub rpc_micros: AtomicU64,
     pub blocks: AtomicU64,
@@ -30,6 +37,7 @@ pub struct Metrics {
 pub static METRICS: Metrics = Metrics {
     rpc_requests: AtomicU64::new(0),
     rpc_errors: AtomicU64::new(0),
+    ingest_failures: AtomicU64::new(0),
     rpc_micros: AtomicU64::new(0),
     blocks: AtomicU64::new(0),
     key_rows: AtomicU64::new(0),
@@ -66,6 +74,12 @@ pub fn render() -> String {
             "counter",
             "JSON-RPC requests that failed (each attempt)",
             get(&m.rpc_errors) as f64,
+        ),
+        (
+            "keywatch_ingest_failures_total",
+            "counter",
+            "times following failed (rpc or database) and was retried from the cursor",
+            get(&m.ingest_failures) as f64,
         ),
         (
             "keywatch_rpc_request_seconds_total",
@@ -140,6 +154,7 @@ pub fn render() -> String {
 #[derive(Clone)]
 struct ServerState {
     pool: PgPool,
+    health: Arc<Health>,
     stalled_after: Duration,
 }
 
@@ -147,53 +162,58 @@ async fn metrics() -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], render())
 }
 
-async fn health(State(s): State<ServerState>) -> impl IntoResponse {
-    let row: Result<Option<(i64, chrono::DateTime<chrono::Utc>)>, _> =
-        sqlx::query_as("select block_height, updated_at from ingest_cursor")
-            .fetch_optional(&s.pool)
-            .await;
-    let (status, body) = match row {
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "database unavailable", "error": e.to_string()}),
-        ),
-        Ok(None) => (
-            StatusCode::OK,
-            serde_json::json!({"status": "starting", "cursor": null}),
-        ),
-        Ok(Some((height, updated))) => {
-            let idle = (chrono::Utc::now() - updated).num_seconds().max(0) as u64;
-            let stalled = idle > s.stalled_after.as_secs();
-            let head = METRICS.head_height.load(Ordering::Relaxed);
-            let body = serde_json::json!({
-                "status": if stalled { "stalled" } else { "ok" },
-                "cursor": height, "final_head": head, "lag_blocks": head.saturating_sub(height as u64),
-                "seconds_since_last_block": idle,
-            });
-            (
-                if stalled {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::OK
-                },
-                body,
-            )
-        }
+async fn alive(State(s): State<ServerState>) -> impl IntoResponse {
+    let snap = s.health.snapshot();
+    axum::Json(serde_json::json!({
+        "status": "alive",
+        "role": snap.role.as_str(),
+        "cursor": snap.cursor.as_ref().map(|c| c.height),
+        "final_head": snap.head,
+    }))
+}
+
+async fn ready(State(s): State<ServerState>) -> impl IntoResponse {
+    let mut reasons = s.health.not_ready(s.stalled_after);
+    let ping = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, i32>("select 1").fetch_one(&s.pool),
+    )
+    .await;
+    if !matches!(ping, Ok(Ok(_))) {
+        reasons.push("database unreachable".to_owned());
+    }
+    let snap = s.health.snapshot();
+    let body = serde_json::json!({
+        "ready": reasons.is_empty(),
+        "reasons": reasons,
+        "role": snap.role.as_str(),
+        "cursor": snap.cursor.as_ref().map(|c| c.height),
+        "final_head": snap.head,
+        "lag_blocks": snap.lag(),
+        "seconds_since_progress": snap.idle.as_secs(),
+    });
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body))
 }
 
-/// Serves `/metrics` and `/health` on `listener` until the task is dropped.
+/// Serves `/metrics`, `/health` and `/ready` on `listener` until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     pool: PgPool,
+    health: Arc<Health>,
     stalled_after: Duration,
 ) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
-        .route("/health", axum::routing::get(health))
+        .route("/health", axum::routing::get(alive))
+        .route("/ready", axum::routing::get(ready))
         .with_state(ServerState {
             pool,
+            health,
             stalled_after,
         });
     axum::serve(listener, app).await

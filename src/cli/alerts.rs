@@ -63,6 +63,7 @@ pub async fn test(config: &Path, channel: &str) -> CmdResult {
     let d = Delivery {
         delivery_id: 0,
         alert_id: 0,
+        dedup_key: format!("test|{}", now.timestamp_nanos_opt().unwrap_or_default()),
         channel: channel.to_owned(),
         attempts: 0,
         rule: "test".into(),

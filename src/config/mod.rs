@@ -128,6 +128,11 @@ pub struct NotifyConfig {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub explorer_url: String,
+    /// A critical delivery pending this long raises `delivery_failing`.
+    pub escalate_after: Duration,
+    /// Pinged while ingestion advances (a dead-man's switch); a secret.
+    pub heartbeat_url: Option<SecretString>,
+    pub heartbeat_every: Duration,
     pub email: Option<EmailConfig>,
     pub webhook: Option<WebhookConfig>,
 }
@@ -165,6 +170,7 @@ pub enum ConfigError {
 /// Secret keys: never read from the file itself, only `<key>_file` or env.
 const SECRETS: &[(&str, &str)] = &[
     ("rpc", "api_key"),
+    ("notify", "heartbeat_url"),
     ("notify.email", "password"),
     ("notify.webhook", "secret"),
 ];
@@ -440,6 +446,16 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Setti
     let mut wf = f.table(p, "webhook");
     let webhook = read_webhook(p, &mut wf, env);
     wf.finish(p);
+    let heartbeat_url = secret(p, &mut f, "notify", "heartbeat_url", env);
+    if let Some(url) = &heartbeat_url {
+        use secrecy::ExposeSecret;
+        match reqwest::Url::parse(url.expose_secret()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            // The url may hold a secret token: name the problem, not the url.
+            Ok(_) => p.add("notify.heartbeat_url", "scheme must be http or https"),
+            Err(e) => p.add("notify.heartbeat_url", format!("invalid url: {e}")),
+        }
+    }
     let notify = NotifyConfig {
         max_age: f.get(p, "max_age", Duration::from_secs(3600)),
         batch_after: f.get(p, "batch_after", 10),
@@ -448,6 +464,9 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Setti
         retry_min: f.get(p, "retry_min", Duration::from_secs(5)),
         retry_max: f.get(p, "retry_max", Duration::from_secs(1800)),
         explorer_url: f.get(p, "explorer_url", "https://nearblocks.io".into()),
+        escalate_after: f.get(p, "escalate_after", Duration::from_secs(15 * 60)),
+        heartbeat_url,
+        heartbeat_every: f.get(p, "heartbeat_every", Duration::from_secs(60)),
         email,
         webhook,
     };

@@ -134,6 +134,21 @@ const RULES: &[RuleDef] = &[
         severity: Severity::Critical,
         extras: Extras::Stalled,
     },
+    RuleDef {
+        name: "ingest_recovered",
+        severity: Severity::Info,
+        extras: Extras::None,
+    },
+    RuleDef {
+        name: "ingest_stopped",
+        severity: Severity::Critical,
+        extras: Extras::None,
+    },
+    RuleDef {
+        name: "delivery_failing",
+        severity: Severity::Critical,
+        extras: Extras::None,
+    },
 ];
 
 pub fn rule_names() -> impl Iterator<Item = &'static str> {

@@ -25,8 +25,13 @@ pub struct AlertContext {
     pub per_account: HashMap<AccountId, RuleSet>,
     /// Channels an alert is queued for.
     pub channels: Vec<&'static str>,
-    /// Older blocks' alerts are recorded as suppressed.
+    /// Older blocks' alerts are recorded as suppressed, when `suppress_old`.
     pub max_age: Duration,
+    /// True for `backfill` and a first start from a past height; false when
+    /// `run` resumes an existing cursor: blocks missed while keywatch was
+    /// down or blind happened while the user counted on it, so their alerts
+    /// are sent, marked late.
+    pub suppress_old: bool,
     /// Wall clock, injected (only `max_age` uses it).
     pub now: Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>,
 }
@@ -54,6 +59,7 @@ impl AlertContext {
             per_account,
             channels,
             max_age: s.notify.max_age,
+            suppress_old: true,
             now: Arc::new(chrono::Utc::now),
         }
     }
@@ -75,6 +81,11 @@ pub struct AccountBlock {
     pub unknown: Vec<String>,
 }
 
+/// While catching up (`suppress_old` false), an alert decided this long
+/// after its block's time is marked late: the block was missed while
+/// keywatch was down or blind.
+pub const LATE_AFTER: Duration = Duration::from_secs(60);
+
 /// Applies cooldown (chain time) and writes the drafts; returns how many
 /// alerts were created.
 pub async fn queue(
@@ -84,8 +95,12 @@ pub async fn queue(
     drafts: Vec<(AlertDraft, Duration)>,
 ) -> Result<usize, IngestError> {
     let block_time = ns_to_time(header.timestamp_ns);
-    let recent = block_time
-        >= (ctx.now)() - chrono::Duration::from_std(ctx.max_age).unwrap_or(chrono::Duration::MAX);
+    let now = (ctx.now)();
+    let recent = !ctx.suppress_old
+        || block_time
+            >= now - chrono::Duration::from_std(ctx.max_age).unwrap_or(chrono::Duration::MAX);
+    let late = !ctx.suppress_old
+        && block_time < now - chrono::Duration::from_std(LATE_AFTER).unwrap_or_default();
     let hash = header.hash.to_string();
     let at = Decided {
         block_height: header.height,
@@ -93,7 +108,10 @@ pub async fn queue(
         block_time,
     };
     let mut created = 0;
-    for (d, cooldown) in drafts {
+    for (mut d, cooldown) in drafts {
+        if late && let Some(obj) = d.details.as_object_mut() {
+            obj.insert("late".into(), serde_json::Value::Bool(true));
+        }
         let since =
             block_time - chrono::Duration::from_std(cooldown).unwrap_or(chrono::Duration::zero());
         if !cooldown.is_zero()

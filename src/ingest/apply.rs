@@ -58,7 +58,7 @@ pub async fn apply_block(
         if cursor.height >= h.height {
             return Ok(Applied::AlreadyApplied);
         }
-        return Err(IngestError::Invalid(format!(
+        return Err(IngestError::Moved(format!(
             "block {} ({}) does not follow the cursor {} ({}); another process may be ingesting into this database",
             h.height, h.hash, cursor.height, cursor.hash
         )));

@@ -48,7 +48,7 @@ async fn changes_for(
             .changes(&BlockRef::Hash(block.hash.clone()), kind, chunk)
             .await?;
         if resp.block_hash != block.hash {
-            return Err(IngestError::Invalid(format!(
+            return Err(IngestError::Node(format!(
                 "asked for the changes of block {}, got those of {}",
                 block.hash, resp.block_hash
             )));
@@ -68,7 +68,7 @@ pub async fn fetch_block(
         .block_effects(&BlockRef::Hash(header.hash.clone()))
         .await?;
     if effects.block_hash != header.hash {
-        return Err(IngestError::Invalid(format!(
+        return Err(IngestError::Node(format!(
             "asked for the effects of block {}, got those of {}",
             header.hash, effects.block_hash
         )));

@@ -4,12 +4,14 @@
 //! and stop cleanly between transactions.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::health::Health;
 use crate::ingest::IngestError;
 use crate::ingest::alerts::AlertContext;
 use crate::ingest::apply::{Applied, apply_block};
@@ -33,6 +35,8 @@ pub struct FollowOptions {
     pub accounts_per_request: usize,
     /// Show progress (a bar on a terminal, log lines otherwise).
     pub progress: bool,
+    /// Told of every commit and every time the head is reached.
+    pub health: Option<Arc<Health>>,
 }
 
 impl Default for FollowOptions {
@@ -45,6 +49,7 @@ impl Default for FollowOptions {
             concurrency: 8,
             accounts_per_request: 100,
             progress: false,
+            health: None,
         }
     }
 }
@@ -117,21 +122,40 @@ async fn earliest_height(rpc: &RpcClient) -> Result<u64, IngestError> {
 }
 
 /// Follows the chain from the cursor (which must exist; see
-/// [`crate::ingest::baseline::init_cursor`]) until told to stop.
+/// [`crate::ingest::baseline::init_cursor`]) until told to stop. Any error
+/// ends it; [`crate::ingest::supervise`] decides whether to try again.
 pub async fn follow(
     pool: &PgPool,
     rpc: &RpcClient,
     opts: &FollowOptions,
     alerts: Option<&AlertContext>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<FollowSummary, IngestError> {
     let mut summary = FollowSummary::default();
+    follow_into(pool, rpc, opts, alerts, stop, &mut summary).await?;
+    Ok(summary)
+}
+
+/// [`follow`], counting into `summary` so a caller that retries keeps the
+/// count of what was done before an error.
+pub async fn follow_into(
+    pool: &PgPool,
+    rpc: &RpcClient,
+    opts: &FollowOptions,
+    alerts: Option<&AlertContext>,
+    mut stop: watch::Receiver<bool>,
+    summary: &mut FollowSummary,
+) -> Result<(), IngestError> {
+    let health = opts.health.as_deref();
     let mut earliest = earliest_height(rpc).await?;
     let mut caught_up_at: Option<u64> = None;
     let first = store::cursor(pool)
         .await?
         .ok_or_else(|| IngestError::Invalid("no cursor: ingestion was not started".into()))?;
-    summary.last_height = first.height;
+    summary.last_height = summary.last_height.max(first.height);
+    if let Some(h) = health {
+        h.at_cursor(&first);
+    }
     let mut progress = Progress {
         enabled: opts.progress,
         terminal: std::io::stderr().is_terminal(),
@@ -166,6 +190,9 @@ pub async fn follow(
         }
         let final_head = rpc.block(&BlockRef::Final).await?.header;
         crate::metrics::set(&crate::metrics::METRICS.head_height, final_head.height);
+        if let Some(h) = health {
+            h.saw_head(final_head.height);
+        }
         crate::metrics::set(&crate::metrics::METRICS.cursor_height, cursor.height);
         let target = *caught_up_at.get_or_insert(final_head.height);
         if opts.exit_when_caught_up && cursor.height >= target {
@@ -190,6 +217,9 @@ pub async fn follow(
             Err(e) => return Err(e),
         };
         if headers.is_empty() {
+            if let Some(h) = health {
+                h.caught_up(&cursor, final_head.height);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(opts.poll_interval) => {}
                 _ = stop.changed() => {}
@@ -225,6 +255,13 @@ pub async fn follow(
                         summary.key_rows += key_rows as u64;
                         summary.balance_rows += balance_rows as u64;
                         summary.last_height = data.header.height;
+                        if let Some(h) = health {
+                            h.committed(&Cursor {
+                                height: data.header.height,
+                                hash: data.header.hash.to_string(),
+                                timestamp_ns: data.header.timestamp_ns,
+                            });
+                        }
                         break;
                     }
                     Applied::AlreadyApplied => break,
@@ -241,7 +278,7 @@ pub async fn follow(
                 }
             }
             progress.report(
-                &summary,
+                summary,
                 opts.until_height
                     .unwrap_or(final_head.height)
                     .max(summary.last_height),
@@ -252,8 +289,8 @@ pub async fn follow(
             }
         }
     }
-    progress.report(&summary, summary.last_height, true);
-    Ok(summary)
+    progress.report(summary, summary.last_height, true);
+    Ok(())
 }
 
 /// `--accept-gap`: records the heights that cannot be served, moves the
@@ -334,77 +371,4 @@ async fn skip_gap(
         new.height
     );
     Ok(())
-}
-
-/// Raises `ingest_stalled` when the cursor has not moved for the rule's
-/// `after` (wall clock; the dedup key is the stuck cursor's block, so one
-/// alert per stall). Returns whether an alert was created.
-pub async fn check_stall(pool: &PgPool, ctx: &AlertContext) -> Result<bool, IngestError> {
-    let Some(rule) = ctx.rules.get("ingest_stalled").filter(|r| r.enabled) else {
-        return Ok(false);
-    };
-    let after = rule.after.unwrap_or(Duration::from_secs(300));
-    let row: Option<(i64, String, String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "select c.block_height, c.block_hash, b.prev_hash, b.block_timestamp_ns, c.updated_at
-         from ingest_cursor c join blocks b on b.block_hash = c.block_hash",
-    )
-    .fetch_optional(pool)
-    .await?;
-    let Some((height, hash, prev, ts, updated)) = row else {
-        return Ok(false);
-    };
-    let idle = (ctx.now)() - updated;
-    if idle < chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX) {
-        return Ok(false);
-    }
-    let parse = |h: &str| {
-        crate::domain::CryptoHash::parse(h).map_err(|e| IngestError::Invalid(e.to_string()))
-    };
-    let at = crate::domain::BlockHeader {
-        height: height as u64,
-        hash: parse(&hash)?,
-        prev_hash: parse(&prev)?,
-        timestamp_ns: ts as u64,
-    };
-    let minutes = idle.num_minutes();
-    let mut tx = pool.begin().await?;
-    let title = format!(
-        "keywatch has not ingested a block for {minutes} minute(s) (still at block {height})"
-    );
-    let n = crate::ingest::alerts::system_alert(
-        &mut tx,
-        ctx,
-        &at,
-        crate::ingest::alerts::SystemAlert {
-            rule: "ingest_stalled",
-            account: String::new(),
-            key: None,
-            title,
-            details: serde_json::json!({"cursor_height": height, "idle_minutes": minutes}),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(n > 0)
-}
-
-/// Runs [`check_stall`] every `every` until `stop`.
-pub async fn watchdog(
-    pool: PgPool,
-    ctx: AlertContext,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
-        if let Err(e) = check_stall(&pool, &ctx).await {
-            tracing::error!(error = %e, "stall check failed");
-        }
-    }
 }

@@ -15,7 +15,7 @@ use crate::store::Cursor;
 async fn header_at(rpc: &RpcClient, height: u64) -> Result<Option<BlockHeader>, IngestError> {
     match rpc.block(&BlockRef::Height(height)).await {
         Ok(b) if b.header.height == height => Ok(Some(b.header)),
-        Ok(b) => Err(IngestError::Invalid(format!(
+        Ok(b) => Err(IngestError::Node(format!(
             "asked for block {height}, the node answered block {}",
             b.header.height
         ))),

@@ -6,7 +6,9 @@
 //! - [`fetch`]: one block's changes for the watched accounts it touched.
 //! - [`apply`]: one block in one transaction, with the cursor advance.
 //! - [`follower`]: the loop behind `run` and `backfill`.
-//! - [`reconcile`]: stored state against the chain at the cursor.
+//! - [`reconcile`]: stored state against the chain at a height the cursor has reached.
+//! - [`supervise`]: `run`'s follower, kept going through rpc and database outages.
+//! - [`watchdog`]: `ingest_stalled` and `ingest_recovered`, even with the database down.
 
 pub mod alerts;
 pub mod apply;
@@ -16,6 +18,8 @@ pub mod follower;
 pub mod headers;
 pub mod reconcile;
 pub mod replay;
+pub mod supervise;
+pub mod watchdog;
 
 use crate::rpc::RpcError;
 use crate::store::StoreError;
@@ -55,6 +59,39 @@ pub enum IngestError {
         hash: String,
         cursor: String,
     },
+    /// A node's answer that does not fit the question (another block than
+    /// the one asked for): retried like any rpc fault.
+    #[error("the rpc node answered inconsistently: {0}")]
+    Node(String),
+    /// The cursor moved under this process: retried from the new cursor.
+    #[error("{0}")]
+    Moved(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl IngestError {
+    /// Whether following must stop for good: bad input or a broken chain.
+    /// Everything else (an rpc or database outage, a response that does not
+    /// parse) is waited out and retried from the cursor.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            IngestError::Rpc(e) => e.is_wrong_chain(),
+            IngestError::Node(_) | IngestError::Moved(_) => false,
+            IngestError::Store(StoreError::Db(_)) | IngestError::Db(_) => false,
+            IngestError::Store(_) | IngestError::Convert(_) => true,
+            IngestError::Continuity { .. }
+            | IngestError::HistoryGone { .. }
+            | IngestError::Fork { .. }
+            | IngestError::Invalid(_) => true,
+        }
+    }
+
+    /// The dependency a transient error points at.
+    pub fn dependency(&self) -> crate::health::Dependency {
+        match self {
+            IngestError::Rpc(_) | IngestError::Node(_) => crate::health::Dependency::Rpc,
+            _ => crate::health::Dependency::Database,
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Email through lettre's async SMTP transport: plain (loopback), STARTTLS
 //! or implicit TLS, with optional authentication. The Message-ID is derived
-//! from the alert (or batch) id, so a duplicate delivery is recognisable.
+//! from the alert's dedup key (or the batch id), so a duplicate delivery is
+//! recognisable.
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -13,6 +14,7 @@ use crate::notify::SendError;
 use crate::notify::render;
 use crate::store::alerts::Delivery;
 
+#[derive(Clone)]
 pub struct EmailSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
@@ -81,7 +83,11 @@ impl EmailSender {
         let (subject, id) = match (ds, batch_id) {
             ([one], None) => (
                 render::subject(one),
-                format!("<keywatch-alert-{}@{}>", one.alert_id, self.hostname),
+                format!(
+                    "<keywatch-alert-{}@{}>",
+                    crate::notify::alert_identity(&one.dedup_key),
+                    self.hostname
+                ),
             ),
             _ => (
                 render::batch_subject(ds),

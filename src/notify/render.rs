@@ -64,7 +64,16 @@ fn advice(rule: &str) -> &'static str {
             "keywatch's stored state differs from the chain. It has been corrected; check the reconcile rows and the rpc node."
         }
         "ingest_stalled" => {
-            "keywatch is not following the chain: check the rpc urls and the logs. Changes in the gap may have gone unnoticed."
+            "keywatch is not following the chain: check the reason above, the rpc urls and the logs. It keeps trying; alerts for blocks missed meanwhile are sent, marked late, once it catches up."
+        }
+        "ingest_recovered" => {
+            "keywatch follows the chain again. Alerts for the blocks it missed follow (or came with this message), marked late."
+        }
+        "ingest_stopped" => {
+            "keywatch has exited on an error it cannot wait out (configuration, or a chain that does not continue its history). Nothing is being watched until it is fixed and restarted."
+        }
+        "delivery_failing" => {
+            "A channel keeps failing to deliver alerts: check its server, credentials and the last error. Alerts keep being retried; read the missed ones with `keywatch alerts`."
         }
         _ => "Check the account.",
     }
@@ -118,6 +127,19 @@ fn facts(d: &Delivery, explorer: &str) -> Vec<(String, String, Option<String>)> 
     }
     if let Some(r) = detail("receipt_hash") {
         out.push(("Receipt".into(), r, None));
+    }
+    if let Some(reason) = detail("reason") {
+        out.push(("Reason".into(), reason, None));
+    }
+    if d.details.get("late").and_then(Value::as_bool) == Some(true) {
+        out.push((
+            "Late".into(),
+            format!(
+                "decided while catching up; the block is from {}",
+                d.block_time.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            None,
+        ));
     }
     out
 }

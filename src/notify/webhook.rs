@@ -62,7 +62,7 @@ impl WebhookSender {
         })?;
         let ts = now.timestamp();
         let delivery = match (ds, batch_id) {
-            ([one], None) => format!("alert-{}", one.alert_id),
+            ([one], None) => format!("alert-{}", crate::notify::alert_identity(&one.dedup_key)),
             _ => batch_id.unwrap_or("batch").to_owned(),
         };
         let mut req = self

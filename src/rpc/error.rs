@@ -119,6 +119,15 @@ impl RpcError {
         }
     }
 
+    /// A url on another chain: configuration, never retried.
+    pub fn is_wrong_chain(&self) -> bool {
+        match self {
+            RpcError::WrongChain { .. } => true,
+            RpcError::Exhausted { last, .. } => last.is_wrong_chain(),
+            _ => false,
+        }
+    }
+
     pub fn is_unknown_block(&self) -> bool {
         self.cause_name() == Some("UNKNOWN_BLOCK")
     }

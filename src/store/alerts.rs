@@ -14,6 +14,28 @@ pub struct Decided<'a> {
     pub block_time: chrono::DateTime<chrono::Utc>,
 }
 
+/// The dedup key of an alert decided at `block_hash`: a replayed block
+/// produces the same key, and so no second alert.
+pub fn dedup_key(d: &AlertDraft, block_hash: &str) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        d.rule,
+        d.account_id,
+        d.public_key.as_deref().unwrap_or(""),
+        block_hash
+    )
+}
+
+/// The state a delivery starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initial {
+    Pending,
+    /// Decided for an old block (backfill): recorded, never sent.
+    Suppressed,
+    /// Already sent straight away, before the alert could be written.
+    Delivered(chrono::DateTime<chrono::Utc>),
+}
+
 /// Inserts an alert and a delivery per channel (`suppressed` when `send` is
 /// false); the dedup key makes a replayed block insert nothing. Returns the
 /// alert id when it is new.
@@ -24,19 +46,29 @@ pub async fn insert(
     channels: &[&str],
     send: bool,
 ) -> Result<Option<i64>, StoreError> {
-    let dedup = format!(
-        "{}|{}|{}|{}",
-        d.rule,
-        d.account_id,
-        d.public_key.as_deref().unwrap_or(""),
-        at.block_hash
-    );
+    let initial = if send {
+        Initial::Pending
+    } else {
+        Initial::Suppressed
+    };
+    let deliveries: Vec<(&str, Initial)> = channels.iter().map(|c| (*c, initial)).collect();
+    insert_with_key(tx, &dedup_key(d, at.block_hash), d, at, &deliveries).await
+}
+
+/// [`insert`] under an explicit dedup key, each delivery in its own state.
+pub async fn insert_with_key(
+    tx: &mut PgConnection,
+    dedup: &str,
+    d: &AlertDraft,
+    at: &Decided<'_>,
+    deliveries: &[(&str, Initial)],
+) -> Result<Option<i64>, StoreError> {
     let id: Option<i64> = sqlx::query_scalar(
         "insert into alerts (dedup_key, rule, severity, account_id, public_key, block_height, block_hash, block_time, title, details)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          on conflict on constraint alerts_dedup_key do nothing returning id",
     )
-    .bind(&dedup)
+    .bind(dedup)
     .bind(d.rule)
     .bind(d.severity.as_str())
     .bind(&d.account_id)
@@ -49,13 +81,23 @@ pub async fn insert(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(id) = id else { return Ok(None) };
-    for channel in channels {
-        sqlx::query("insert into alert_deliveries (alert_id, channel, status) values ($1, $2, $3) on conflict on constraint alert_deliveries_alert_channel do nothing")
-            .bind(id)
-            .bind(*channel)
-            .bind(if send { "pending" } else { "suppressed" })
-            .execute(&mut *tx)
-            .await?;
+    for (channel, initial) in deliveries {
+        let (status, delivered_at) = match initial {
+            Initial::Pending => ("pending", None),
+            Initial::Suppressed => ("suppressed", None),
+            Initial::Delivered(at) => ("delivered", Some(*at)),
+        };
+        sqlx::query(
+            "insert into alert_deliveries (alert_id, channel, status, delivered_at, attempts)
+             values ($1, $2, $3, $4, case when $4::timestamptz is null then 0 else 1 end)
+             on conflict on constraint alert_deliveries_alert_channel do nothing",
+        )
+        .bind(id)
+        .bind(*channel)
+        .bind(status)
+        .bind(delivered_at)
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(Some(id))
 }
@@ -86,6 +128,8 @@ pub async fn fired_since(
 pub struct Delivery {
     pub delivery_id: i64,
     pub alert_id: i64,
+    /// What makes the alert unique; its hash is the alert's identity on the wire.
+    pub dedup_key: String,
     pub channel: String,
     pub attempts: i32,
     pub rule: String,
@@ -100,7 +144,7 @@ pub struct Delivery {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-const DELIVERY_COLUMNS: &str = "d.id as delivery_id, a.id as alert_id, d.channel, d.attempts, a.rule, a.severity, a.account_id,
+const DELIVERY_COLUMNS: &str = "d.id as delivery_id, a.id as alert_id, a.dedup_key, d.channel, d.attempts, a.rule, a.severity, a.account_id,
     a.public_key, a.block_height, a.block_hash, a.block_time, a.title, a.details, a.created_at";
 
 /// Pending deliveries due now, locked for this transaction (other
@@ -121,6 +165,105 @@ pub async fn claim_due(
         .bind(limit)
         .fetch_all(tx)
         .await?)
+}
+
+/// Locks one pending delivery for this transaction (skipping one another
+/// dispatcher holds).
+pub async fn lock_pending(
+    tx: &mut PgConnection,
+    delivery_id: i64,
+) -> Result<Option<Delivery>, StoreError> {
+    let sql = format!(
+        "select {DELIVERY_COLUMNS} from alert_deliveries d join alerts a on a.id = d.alert_id
+         where d.id = $1 and d.status = 'pending' for update of d skip locked"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(delivery_id)
+        .fetch_optional(tx)
+        .await?)
+}
+
+/// Of `ids`, the deliveries still pending, locked for this transaction.
+pub async fn lock_pending_ids(tx: &mut PgConnection, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select id from alert_deliveries where id = any($1) and status = 'pending' for update skip locked",
+    )
+    .bind(ids)
+    .fetch_all(tx)
+    .await?)
+}
+
+/// A channel works again: deliveries waiting out a long backoff on it are
+/// due now, so a recovered channel is not left idle for `retry_max`.
+pub async fn retry_now(
+    conn: &mut PgConnection,
+    channel: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "update alert_deliveries set next_attempt_at = $2
+         where channel = $1 and status = 'pending' and next_attempt_at > $2",
+    )
+    .bind(channel)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Pending deliveries due at `now` (for the drain at shutdown).
+pub async fn pending_due(
+    conn: &mut PgConnection,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from alert_deliveries where status = 'pending' and next_attempt_at <= $1",
+    )
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A delivery that needs escalating: it ended `failed`, or it is a critical
+/// alert still pending after `escalate_after`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Stuck {
+    pub delivery_id: i64,
+    pub alert_id: i64,
+    pub channel: String,
+    pub status: String,
+    pub rule: String,
+    pub title: String,
+    pub last_error: Option<String>,
+    pub block_height: i64,
+    pub block_hash: String,
+    pub block_time: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn stuck(
+    conn: &mut PgConnection,
+    pending_before: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Stuck>, StoreError> {
+    Ok(sqlx::query_as(
+        "select d.id as delivery_id, a.id as alert_id, d.channel, d.status, a.rule, a.title, d.last_error,
+                a.block_height, a.block_hash, a.block_time
+         from alert_deliveries d join alerts a on a.id = d.alert_id
+         where not d.escalated and a.rule <> 'delivery_failing'
+           and (d.status = 'failed'
+                or (d.status = 'pending' and a.severity = 'critical' and a.created_at < $1))
+         order by d.id",
+    )
+    .bind(pending_before)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn mark_escalated(conn: &mut PgConnection, delivery_id: i64) -> Result<(), StoreError> {
+    sqlx::query("update alert_deliveries set escalated = true where id = $1")
+        .bind(delivery_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

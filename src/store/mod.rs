@@ -36,6 +36,39 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .await?)
 }
 
+/// A pool that connects on first use, so a process can start (and report
+/// that the database is down) before the database answers.
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_lazy(url)?)
+}
+
+/// Whether a database error is an outage that waiting can fix (the server
+/// is down, restarting, failing over, or out of connections), rather than
+/// bad configuration (wrong password, no such database) or a bad query.
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exception; 57P0x: shutdown, crash, cannot connect
+        // now; 53: insufficient resources; 40001/40P01: retry the transaction.
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == "40001"
+                || c == "40P01"
+        }),
+        _ => false,
+    }
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
     Ok(())

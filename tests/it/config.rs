@@ -43,7 +43,11 @@ fn the_shipped_config_is_valid_and_has_sensible_defaults() {
     );
     assert_eq!(s.rpc.client.requests_per_second.map(|n| n.get()), Some(15));
     assert_eq!(s.ingest.start, StartAt::Latest);
-    assert_eq!(s.rules.len(), 12, "every rule of the design table");
+    assert_eq!(
+        s.rules.len(),
+        15,
+        "every rule of the design table, and ingest_recovered, ingest_stopped, delivery_failing"
+    );
     assert_eq!(s.rules["new_full_access_key"].severity, Severity::Critical);
     assert_eq!(s.rules["allowance_drain"].settle_blocks, Some(3));
     assert_eq!(s.notify.max_age, Duration::from_secs(3600));

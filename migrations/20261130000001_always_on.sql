@@ -1,0 +1,16 @@
+-- running for months: delivery escalation, corrections the follower applies
+-- between two blocks, and late alerts from a catch-up.
+
+-- set once a delivery_failing alert has been raised for this delivery (it
+-- ended `failed`, or stayed pending as a critical alert for too long), so
+-- each stuck delivery is escalated once.
+alter table alert_deliveries add column escalated boolean not null default false;
+
+-- the escalation check reads only deliveries that may still need it
+create index alert_deliveries_unescalated on alert_deliveries (alert_id)
+    where not escalated and status in ('pending', 'failed');
+
+-- a reconcile found a difference at a height below the cursor: the follower
+-- re-reads the account at its cursor between two blocks and writes the
+-- correction (reconcile rows), then clears this.
+alter table watched_accounts add column fix_requested_at timestamptz;
