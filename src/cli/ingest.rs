@@ -154,7 +154,11 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     .map_err(bad_input)?;
     let stop = stop_on_signal();
     let (stop_loops, loops_rx) = tokio::sync::watch::channel(false);
-    let watching = tokio::spawn(watchdog.clone().run(loops_rx.clone()));
+    let (stop_dog, dog_rx) = tokio::sync::watch::channel(false);
+    let mut dog = Some(DogHandle {
+        stop: stop_dog,
+        task: tokio::spawn(watchdog.clone().run(dog_rx)),
+    });
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .map_err(|e| bad_input(format!("server.listen {}: {e}", settings.server.listen)))?;
@@ -174,10 +178,10 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
         &settings,
         opts,
         drain_timeout,
-        &health,
-        &channels,
+        (&health, &channels),
         stop,
         loops_rx,
+        &mut dog,
     )
     .await;
     if let Err(Failure::Other(e)) = &result {
@@ -186,21 +190,36 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
         announce_stop(&watchdog, &format!("{e:#}")).await;
     }
     stop_loops.send_replace(true);
-    watching.await.context("the watchdog")?;
+    if let Some(dog) = dog {
+        dog.finish().await?;
+    }
     serving.abort();
     result
 }
 
+/// The running watchdog; stopped before the dispatcher drains, so its last
+/// word (`ingest_recovered`) is delivered too.
+struct DogHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DogHandle {
+    async fn finish(self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        self.task.await.context("the watchdog")
+    }
+}
+
 /// Everything `run` does once the endpoint and the watchdog are up.
-#[allow(clippy::too_many_arguments)]
 async fn lead(
     settings: &Settings,
     opts: FollowOptions,
     drain_timeout: Duration,
-    health: &Arc<Health>,
-    channels: &Arc<Channels>,
+    (health, channels): (&Arc<Health>, &Arc<Channels>),
     stop: tokio::sync::watch::Receiver<bool>,
     loops_rx: tokio::sync::watch::Receiver<bool>,
+    dog: &mut Option<DogHandle>,
 ) -> CmdResult {
     let Some((pool, rpc)) = prepare_patiently(settings, health, stop.clone()).await? else {
         return Ok(());
@@ -258,6 +277,11 @@ async fn lead(
         settings.rpc.client.backoff_max,
     );
     let followed = follow_forever(&pool, &rpc, &opts, Some(&ctx), stop, retry).await;
+    if followed.is_ok()
+        && let Some(dog) = dog.take()
+    {
+        dog.finish().await?;
+    }
     stop_dispatch.send_replace(true);
     let drained = delivering.await.context("the dispatcher task")?;
     scheduling.abort();

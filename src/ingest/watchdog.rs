@@ -110,7 +110,8 @@ impl Watchdog {
         })
     }
 
-    /// Checks until `stop`, a few times per `after`.
+    /// Checks until `stop`, a few times per `after`, and once more when
+    /// stopped (so a recovery just before an exit is still announced).
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let tick = (self.after / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut state = WatchState::default();
@@ -119,10 +120,10 @@ impl Watchdog {
                 _ = tokio::time::sleep(tick) => {}
                 _ = stop.changed() => {}
             }
+            self.check(&mut state).await;
             if *stop.borrow() {
                 return;
             }
-            self.check(&mut state).await;
         }
     }
 

@@ -11,13 +11,13 @@ use sqlx::PgPool;
 use crate::ingest::{START, assert_matches_chain, big_scenario};
 use keywatch::sim::{Clock, FaultPlan, SimOptions, Simulator};
 
-fn database_url(pool: &PgPool) -> String {
+pub fn database_url(pool: &PgPool) -> String {
     let mut url = reqwest::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
     url.set_path(pool.connect_options().get_database().unwrap());
     url.to_string()
 }
 
-fn config(dir: &tempfile::TempDir, rpc_url: &str) -> PathBuf {
+pub fn config(dir: &tempfile::TempDir, rpc_url: &str) -> PathBuf {
     let path = dir.path().join("keywatch.toml");
     std::fs::write(
         &path,
@@ -29,7 +29,7 @@ fn config(dir: &tempfile::TempDir, rpc_url: &str) -> PathBuf {
     path
 }
 
-fn keywatch(config: &PathBuf, db: &str, args: &[&str]) -> tokio::process::Command {
+pub fn keywatch(config: &PathBuf, db: &str, args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"));
     cmd.arg("--config")
         .arg(config)
@@ -44,7 +44,7 @@ fn keywatch(config: &PathBuf, db: &str, args: &[&str]) -> tokio::process::Comman
 
 /// Runs `args` to completion, killing it with SIGKILL after random delays
 /// until `kills` kills are done; returns the number of kills.
-async fn run_with_kills(
+pub async fn run_with_kills(
     config: &PathBuf,
     db: &str,
     args: &[&str],

@@ -1,6 +1,7 @@
 //! keywatch's integration tests: one binary, one link step.
 
 mod alerts;
+mod always_on;
 mod cli;
 mod config;
 mod crash;
