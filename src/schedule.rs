@@ -136,9 +136,10 @@ impl Scheduler {
         let now = (self.now)();
         match job {
             Job::Reconcile => {
+                // The background lane: following keeps first claim on the budget.
                 let r = crate::ingest::reconcile::reconcile(
                     &self.pool,
-                    &self.rpc,
+                    &self.rpc.background(),
                     &[],
                     Some(&self.alerts),
                 )

@@ -184,7 +184,7 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
         &mut dog,
     )
     .await;
-    if let Err(Failure::Other(e)) = &result {
+    if let Err(Failure::Other(e) | Failure::BadInput(e)) = &result {
         // Fatal: say so on every channel that works before exiting, so a
         // crash loop under a restart policy is never silent.
         announce_stop(&watchdog, &format!("{e:#}")).await;
@@ -356,7 +356,10 @@ pub async fn reconcile(config: &Path, raw: &[String]) -> CmdResult {
     let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
     let report = crate::ingest::reconcile::reconcile(&pool, &rpc, &accounts, Some(&ctx))
         .await
-        .map_err(ingest_failure)?;
+        .map_err(|e| match e {
+            IngestError::NotWatched(_) => bad_input(e),
+            other => ingest_failure(other),
+        })?;
     for d in &report.differences {
         println!("drift on {}: {}", d.account, d.what);
     }
@@ -368,7 +371,7 @@ pub async fn reconcile(config: &Path, raw: &[String]) -> CmdResult {
         Ok(())
     } else {
         Err(Failure::Other(anyhow::anyhow!(
-            "{} difference(s) at block {}, recorded as reconcile rows and corrected",
+            "{} difference(s) at block {}: state_drift raised, corrected at the cursor (reconcile rows)",
             report.differences.len(),
             report.height
         )))

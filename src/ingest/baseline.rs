@@ -15,9 +15,14 @@ use crate::rpc::{BlockRef, RpcClient};
 use crate::store::watch::{AddOutcome, Baseline, NewWatch};
 use crate::store::{self, Cursor};
 
-/// Attempts to catch the cursor still: the follower commits a block about
-/// every 0.6 s, and reading a baseline takes a few requests.
-const CURSOR_RACE_ATTEMPTS: usize = 10;
+/// Attempts to catch the cursor still before handing the baselines to the
+/// running follower: it commits a block about every 0.6 s, and reading a
+/// baseline takes a few requests.
+const CURSOR_RACE_ATTEMPTS: usize = 2;
+
+/// How long `watch add` waits for the running follower to read the
+/// baselines it was handed.
+pub const FOLLOWER_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Reads an account's keys (every page) and balance at `block`; an account
 /// that does not exist there has an empty baseline.
@@ -65,7 +70,8 @@ pub enum TrackError {
         source: crate::rpc::RpcError,
     },
     #[error(
-        "the ingest cursor kept moving while reading baselines ({CURSOR_RACE_ATTEMPTS} attempts); try again"
+        "the accounts are watched, but the running follower did not read their baselines within {}s; they will be read when `keywatch run` gets to them (see `keywatch watch list`)",
+        FOLLOWER_WAIT.as_secs()
     )]
     Busy,
     #[error(transparent)]
@@ -93,6 +99,7 @@ pub async fn start_tracking(
     watches: &[NewWatch],
     allow_missing: bool,
 ) -> Result<Vec<Tracked>, TrackError> {
+    let mut last_reads = None;
     for _ in 0..CURSOR_RACE_ATTEMPTS {
         let cursor = store::cursor(pool).await.map_err(IngestError::from)?;
         let (block, at) = match &cursor {
@@ -147,7 +154,8 @@ pub async fn start_tracking(
             .map_err(IngestError::from)?
             != cursor
         {
-            tracing::info!("the ingest cursor moved while reading baselines; reading them again");
+            tracing::info!("the ingest cursor moved while reading baselines");
+            last_reads = Some(reads);
             continue;
         }
         let mut out = Vec::new();
@@ -174,7 +182,73 @@ pub async fn start_tracking(
         tx.commit().await.map_err(IngestError::from)?;
         return Ok(out);
     }
-    Err(TrackError::Busy)
+    // A follower is running: it reads the baselines at its cursor, between
+    // two blocks, where nothing can race it.
+    let reads = last_reads.expect("at least one attempt read the accounts");
+    hand_to_follower(pool, watches, &reads).await
+}
+
+/// Adds the accounts without a baseline and waits for the running follower
+/// to read it ([`ensure_baselines`]).
+async fn hand_to_follower(
+    pool: &PgPool,
+    watches: &[NewWatch],
+    reads: &[Baseline],
+) -> Result<Vec<Tracked>, TrackError> {
+    let mut tx = pool.begin().await.map_err(IngestError::from)?;
+    let mut outcomes = Vec::new();
+    for (w, read) in watches.iter().zip(reads) {
+        let watch = NewWatch {
+            allow_missing: read.account.is_none(),
+            ..w.clone()
+        };
+        outcomes.push(
+            store::watch::add(&mut tx, &watch, None, None)
+                .await
+                .map_err(IngestError::from)?,
+        );
+    }
+    tx.commit().await.map_err(IngestError::from)?;
+    let deadline = tokio::time::Instant::now() + FOLLOWER_WAIT;
+    let mut out = Vec::new();
+    for (w, outcome) in watches.iter().zip(outcomes) {
+        loop {
+            let mut conn = pool.acquire().await.map_err(IngestError::from)?;
+            let entry = store::watch::get(&mut conn, &w.account_id)
+                .await
+                .map_err(IngestError::from)?;
+            let tracked = match (&outcome, entry.and_then(|e| e.baseline_height)) {
+                (AddOutcome::Updated, _) => Some(outcome.clone()),
+                (_, Some(h)) => Some(AddOutcome::Tracked { baseline_height: h }),
+                (_, None) => None,
+            };
+            if let Some(outcome) = tracked {
+                let keys = crate::store::keys::load_state(&mut conn, &w.account_id)
+                    .await
+                    .map_err(IngestError::from)?
+                    .len();
+                let exists = matches!(
+                    crate::store::history::load_account(&mut conn, &w.account_id)
+                        .await
+                        .map_err(IngestError::from)?,
+                    Some(Some(_))
+                );
+                out.push(Tracked {
+                    account: w.account_id.clone(),
+                    keys,
+                    exists,
+                    outcome,
+                });
+                break;
+            }
+            drop(conn);
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TrackError::Busy);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(out)
 }
 
 /// Reads baselines for accounts still waiting for one (added before the
@@ -206,8 +280,8 @@ pub async fn ensure_baselines(pool: &PgPool, rpc: &RpcClient) -> Result<usize, I
         tx.commit().await?;
         return Ok(pending.len());
     }
-    Err(IngestError::Invalid(
-        "the cursor kept moving while reading baselines".into(),
+    Err(IngestError::Moved(
+        "the cursor kept moving while reading baselines; another process may be ingesting into this database".into(),
     ))
 }
 

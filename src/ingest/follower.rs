@@ -18,6 +18,7 @@ use crate::ingest::apply::{Applied, apply_block};
 use crate::ingest::baseline::{ensure_baselines, read_baseline};
 use crate::ingest::fetch::fetch_block;
 use crate::ingest::headers::next_headers;
+use crate::ingest::reconcile::apply_fixes;
 use crate::rpc::{BlockRef, RpcClient};
 use crate::store::{self, Cursor};
 
@@ -167,7 +168,10 @@ pub async fn follow_into(
         if *stop.borrow() {
             break;
         }
+        // Work that must happen at the cursor, between two blocks: the
+        // baselines of newly watched accounts and corrections of drift.
         ensure_baselines(pool, rpc).await?;
+        apply_fixes(pool, rpc, 10).await?;
         let cursor = store::cursor(pool)
             .await?
             .ok_or_else(|| IngestError::Invalid("the cursor disappeared".into()))?;

@@ -66,6 +66,8 @@ pub enum IngestError {
     /// The cursor moved under this process: retried from the new cursor.
     #[error("{0}")]
     Moved(String),
+    #[error("{} not watched: reconcile checks watched accounts only (see `keywatch watch list`)", .0.join(", "))]
+    NotWatched(Vec<String>),
     #[error("{0}")]
     Invalid(String),
 }
@@ -83,6 +85,7 @@ impl IngestError {
             IngestError::Continuity { .. }
             | IngestError::HistoryGone { .. }
             | IngestError::Fork { .. }
+            | IngestError::NotWatched(_)
             | IngestError::Invalid(_) => true,
         }
     }

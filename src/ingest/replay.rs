@@ -37,27 +37,12 @@ async fn keys_at(
     height: i64,
 ) -> Result<BTreeMap<PublicKey, AccessKey>, IngestError> {
     use crate::store::keys::KeysAtError;
-    let keys = match crate::store::keys::keys_at(tx, account, height.max(0) as u64).await {
-        Ok(keys) => keys,
-        Err(KeysAtError::NotTracked { .. } | KeysAtError::NoCursor) => return Ok(BTreeMap::new()),
-        Err(KeysAtError::Store(e)) => return Err(e.into()),
-        Err(e) => return Err(IngestError::Invalid(e.to_string())),
-    };
-    keys.into_iter()
-        .map(|k| {
-            let key =
-                PublicKey::parse(&k.public_key).map_err(|e| IngestError::Invalid(e.to_string()))?;
-            let permission = crate::rpc::views::permission_from_json(k.permission_raw)
-                .map_err(IngestError::Invalid)?;
-            Ok((
-                key,
-                AccessKey {
-                    nonce: k.nonce,
-                    permission,
-                },
-            ))
-        })
-        .collect()
+    match crate::store::keys::key_map_at(tx, account, height.max(0) as u64).await {
+        Ok(keys) => Ok(keys),
+        Err(KeysAtError::NotTracked { .. } | KeysAtError::NoCursor) => Ok(BTreeMap::new()),
+        Err(KeysAtError::Store(e)) => Err(e.into()),
+        Err(e) => Err(IngestError::Invalid(e.to_string())),
+    }
 }
 
 type KeyRowTuple = (

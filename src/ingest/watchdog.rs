@@ -215,7 +215,7 @@ impl Watchdog {
         since: chrono::DateTime<chrono::Utc>,
         reason: &str,
     ) -> Option<SelfAlert> {
-        let idle = humantime::format_duration(Duration::from_secs(snap.idle.as_secs()));
+        let idle = humantime::format_duration(round(snap.idle));
         let at = snap
             .cursor
             .as_ref()
@@ -237,7 +237,7 @@ impl Watchdog {
     }
 
     fn recovered(&self, snap: &Snapshot, b: &Blind, blind_for: Duration) -> Option<SelfAlert> {
-        let dur = humantime::format_duration(Duration::from_secs(blind_for.as_secs()));
+        let dur = humantime::format_duration(round(blind_for));
         self.self_alert(
             snap,
             "ingest_recovered",
@@ -328,6 +328,15 @@ impl Watchdog {
             // Without the url: it holds the check's secret token.
             Err(e) => tracing::warn!(error = %e.without_url(), "heartbeat ping failed"),
         }
+    }
+}
+
+/// Whole seconds, or milliseconds below ten seconds, for a title.
+fn round(d: Duration) -> Duration {
+    if d >= Duration::from_secs(10) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
     }
 }
 

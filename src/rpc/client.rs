@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::domain::{AccountId, AccountState, CryptoHash, PublicKey};
 use crate::rpc::error::RpcError;
-use crate::rpc::transport::{Method, RpcSettings, SetupError, Transport};
+use crate::rpc::transport::{Lane, Method, RpcSettings, SetupError, Transport};
 use crate::rpc::views::{
     AccessKeyLookup, AccessKeyView, AccountAt, BlockEffectsView, BlockView, ChangesView,
     KeyListEntry, KeyListPage, QueryBlock, StatusView,
@@ -75,19 +75,32 @@ impl ChangesKind {
     }
 }
 
+/// A client of the configured urls. Clones made with [`Self::background`]
+/// share its connections and request budget.
 pub struct RpcClient {
-    transport: Transport,
+    transport: std::sync::Arc<Transport>,
+    lane: Lane,
 }
 
 impl RpcClient {
     pub fn new(settings: RpcSettings) -> Result<RpcClient, SetupError> {
         Ok(RpcClient {
-            transport: Transport::new(settings)?,
+            transport: std::sync::Arc::new(Transport::new(settings)?),
+            lane: Lane::Follow,
         })
     }
 
+    /// The same client for work that must never slow following down
+    /// (reconcile, baselines): it uses only the budget following leaves.
+    pub fn background(&self) -> RpcClient {
+        RpcClient {
+            transport: self.transport.clone(),
+            lane: Lane::Background,
+        }
+    }
+
     pub async fn status(&self) -> Result<StatusView, RpcError> {
-        self.transport.call(STATUS, &json!([])).await
+        self.transport.call(self.lane, STATUS, &json!([])).await
     }
 
     /// Checks every configured url against the expected `chain_id`. A url on
@@ -99,7 +112,7 @@ impl RpcClient {
         for idx in 0..self.transport.url_count() {
             match self
                 .transport
-                .call_on::<StatusView>(idx, STATUS, &json!([]))
+                .call_on::<StatusView>(self.lane, idx, STATUS, &json!([]))
                 .await
             {
                 Ok(status) if status.chain_id != expected => {
@@ -122,7 +135,9 @@ impl RpcClient {
     }
 
     pub async fn block(&self, block: &BlockRef) -> Result<BlockView, RpcError> {
-        self.transport.call(BLOCK, &params(block, json!({}))).await
+        self.transport
+            .call(self.lane, BLOCK, &params(block, json!({})))
+            .await
     }
 
     /// One attempt at `block` on one configured url (to cross-check a
@@ -133,7 +148,7 @@ impl RpcClient {
         block: &BlockRef,
     ) -> Result<BlockView, RpcError> {
         self.transport
-            .call_on(url_index, BLOCK, &params(block, json!({})))
+            .call_on(self.lane, url_index, BLOCK, &params(block, json!({})))
             .await
     }
 
@@ -154,7 +169,7 @@ impl RpcClient {
             block,
             json!({"changes_type": kind.name(), "account_ids": accounts}),
         );
-        self.transport.call(CHANGES, &p).await
+        self.transport.call(self.lane, CHANGES, &p).await
     }
 
     /// `single_access_key_changes` for specific keys (and their gas-key nonces).
@@ -175,12 +190,12 @@ impl RpcClient {
             block,
             json!({"changes_type": "single_access_key_changes", "keys": keys}),
         );
-        self.transport.call(CHANGES, &p).await
+        self.transport.call(self.lane, CHANGES, &p).await
     }
 
     pub async fn block_effects(&self, block: &BlockRef) -> Result<BlockEffectsView, RpcError> {
         self.transport
-            .call(BLOCK_EFFECTS, &params(block, json!({})))
+            .call(self.lane, BLOCK_EFFECTS, &params(block, json!({})))
             .await
     }
 
@@ -193,7 +208,7 @@ impl RpcClient {
             block,
             json!({"request_type": "view_account", "account_id": account}),
         );
-        self.transport.call(QUERY, &p).await
+        self.transport.call(self.lane, QUERY, &p).await
     }
 
     /// The account's state, or `None` when the node says UNKNOWN_ACCOUNT
@@ -222,7 +237,11 @@ impl RpcClient {
             block,
             json!({"request_type": "view_access_key", "account_id": account, "public_key": key.as_str()}),
         );
-        match self.transport.call::<AccessKeyLookup>(QUERY, &p).await {
+        match self
+            .transport
+            .call::<AccessKeyLookup>(self.lane, QUERY, &p)
+            .await
+        {
             Ok(AccessKeyLookup::Found(k, at)) => Ok(Some((k, at))),
             Ok(AccessKeyLookup::Missing { .. }) => Ok(None),
             Err(e) if e.cause_name() == Some("UNKNOWN_ACCESS_KEY") => Ok(None),
@@ -249,7 +268,7 @@ impl RpcClient {
             }
             let page: KeyListPage = self
                 .transport
-                .call(QUERY, &params(&at_block, fields))
+                .call(self.lane, QUERY, &params(&at_block, fields))
                 .await?;
             let at = first_at.get_or_insert_with(|| page.at.clone()).clone();
             if page.at.block_hash != at.block_hash {

@@ -70,12 +70,41 @@ struct Endpoint {
     legacy_names: AtomicBool,
 }
 
+/// Who a request is for, in the shared request budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Following the chain: first claim on the budget.
+    Follow,
+    /// Self-checks and other work that uses what following leaves.
+    Background,
+}
+
+/// Counts a follower request waiting for the budget while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicUsize) -> Waiting<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct Transport {
     http: reqwest::Client,
     endpoints: Vec<Endpoint>,
     /// Index of the url calls start at; moves on failover.
     active: AtomicUsize,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// Follower requests waiting for the budget.
+    following: AtomicUsize,
+    /// One budget slot: how long a background request waits between looks.
+    spacing: Duration,
     settings: RpcSettings,
     next_id: AtomicU64,
 }
@@ -148,6 +177,11 @@ impl Transport {
             endpoints,
             active: AtomicUsize::new(0),
             limiter,
+            following: AtomicUsize::new(0),
+            spacing: settings
+                .requests_per_second
+                .map(|r| Duration::from_secs(1) / r.get())
+                .unwrap_or(Duration::ZERO),
             settings,
             next_id: AtomicU64::new(1),
         })
@@ -164,6 +198,7 @@ impl Transport {
     /// Calls `method` with retries and failover; parses the result as `T`.
     pub async fn call<T: DeserializeOwned>(
         &self,
+        lane: Lane,
         method: Method,
         params: &Value,
     ) -> Result<T, RpcError> {
@@ -181,7 +216,7 @@ impl Transport {
                 .build();
             loop {
                 attempts += 1;
-                match self.call_on(idx, method, params).await {
+                match self.call_on(lane, idx, method, params).await {
                     Ok(v) => {
                         if idx != start {
                             self.active.store(idx, Ordering::Relaxed);
@@ -218,6 +253,7 @@ impl Transport {
     /// method name when the node does not know the current one).
     pub async fn call_on<T: DeserializeOwned>(
         &self,
+        lane: Lane,
         idx: usize,
         method: Method,
         params: &Value,
@@ -228,11 +264,11 @@ impl Transport {
             (true, Some(legacy)) => legacy,
             _ => method.name,
         };
-        match self.timed(ep, name, params).await {
+        match self.timed(lane, ep, name, params).await {
             Err(e) if e.is_method_not_found() && !use_legacy && method.legacy.is_some() => {
                 tracing::info!(url = %ep.display, method = method.name, "node does not know this method name; using EXPERIMENTAL_ names from now on");
                 ep.legacy_names.store(true, Ordering::Relaxed);
-                self.request(ep, method.legacy.expect("checked"), params)
+                self.request(lane, ep, method.legacy.expect("checked"), params)
                     .await
             }
             other => other,
@@ -242,13 +278,14 @@ impl Transport {
     /// [`Self::request`], counted and timed for the metrics.
     async fn timed<T: DeserializeOwned>(
         &self,
+        lane: Lane,
         ep: &Endpoint,
         name: &str,
         params: &Value,
     ) -> Result<T, RpcError> {
         use crate::metrics::{METRICS, add};
         let started = std::time::Instant::now();
-        let result = self.request(ep, name, params).await;
+        let result = self.request(lane, ep, name, params).await;
         add(&METRICS.rpc_requests, 1);
         add(&METRICS.rpc_micros, started.elapsed().as_micros() as u64);
         if result.is_err() {
@@ -257,15 +294,36 @@ impl Transport {
         result
     }
 
+    /// Waits for the request budget. The follower's lane takes the next
+    /// free slot; the background lane (reconcile, baselines asked for by
+    /// other processes) only takes a slot no follower request is waiting
+    /// for, so it never slows following down.
+    async fn admit(&self, lane: Lane) {
+        let Some(limiter) = &self.limiter else {
+            return;
+        };
+        match lane {
+            Lane::Follow => {
+                let _waiting = Waiting::new(&self.following);
+                limiter.until_ready().await;
+            }
+            Lane::Background => loop {
+                if self.following.load(Ordering::SeqCst) == 0 && limiter.check().is_ok() {
+                    return;
+                }
+                tokio::time::sleep(self.spacing).await;
+            },
+        }
+    }
+
     async fn request<T: DeserializeOwned>(
         &self,
+        lane: Lane,
         ep: &Endpoint,
         name: &str,
         params: &Value,
     ) -> Result<T, RpcError> {
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
-        }
+        self.admit(lane).await;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body =
             json!({"jsonrpc": "2.0", "id": id.to_string(), "method": name, "params": params});

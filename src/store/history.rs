@@ -306,3 +306,46 @@ pub async fn load_account(
         )?))),
     }
 }
+
+/// The account's state at the end of block `height` from history, within
+/// the tracking span that covers it: `None` if nothing is recorded there,
+/// `Some(None)` if it was deleted (or did not exist at its baseline).
+pub async fn account_at(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    height: u64,
+) -> Result<Option<Option<AccountState>>, StoreError> {
+    type Row = (
+        Option<BigDecimal>,
+        Option<BigDecimal>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+    );
+    let Some(from) = crate::store::keys::span_start(conn, account, height).await? else {
+        return Ok(None);
+    };
+    // As in keys_at: a baseline or reconcile row states the end of its block.
+    let row: Option<Row> = sqlx::query_as(
+        "select amount, locked, storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted
+         from balance_events where account_id = $1 and block_height between $2 and $3
+         order by block_height desc, case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc,
+                  index_in_block desc
+         limit 1",
+    )
+    .bind(account.as_str())
+    .bind(from)
+    .bind(crate::store::convert::height_to_i64("height", height)?)
+    .fetch_optional(conn)
+    .await?;
+    match row {
+        None => Ok(None),
+        Some((.., true)) => Ok(Some(None)),
+        Some((amount, locked, storage, code, gch, gca, false)) => Ok(Some(Some(account_state(
+            account.as_str(),
+            (amount, locked, storage, code, gch, gca),
+        )?))),
+    }
+}

@@ -214,6 +214,51 @@ pub enum KeysAtError {
     Store(#[from] StoreError),
 }
 
+/// Where the tracking span covering `height` starts, if one does.
+pub async fn span_start(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    height: u64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select from_height from tracking_spans
+         where account_id = $1 and from_height <= $2 and (to_height is null or to_height >= $2)
+         order by from_height desc limit 1",
+    )
+    .bind(account.as_str())
+    .bind(height_to_i64("height", height)?)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// [`keys_at`] as the ingest's key map.
+pub async fn key_map_at(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    height: u64,
+) -> Result<std::collections::BTreeMap<PublicKey, AccessKey>, KeysAtError> {
+    keys_at(conn, account, height)
+        .await?
+        .into_iter()
+        .map(|k| {
+            let bad = |e: String| {
+                StoreError::Invalid(format!("stored key {} of {account}: {e}", k.public_key))
+            };
+            let key = PublicKey::parse(&k.public_key).map_err(|e| bad(e.to_string()))?;
+            let permission =
+                crate::rpc::views::permission_from_json(k.permission_raw).map_err(bad)?;
+            Ok((
+                key,
+                AccessKey {
+                    nonce: k.nonce,
+                    permission,
+                },
+            ))
+        })
+        .collect::<Result<_, StoreError>>()
+        .map_err(KeysAtError::from)
+}
+
 /// The exact key set that could sign for `account` at the end of block
 /// `height`: for each key, its last write at or below `height` within the
 /// tracking span that covers `height`, unless that write deleted it.
@@ -232,17 +277,7 @@ pub async fn keys_at(
         });
     }
     let h = height_to_i64("height", height).map_err(StoreError::from)?;
-    let span: Option<(i64,)> = sqlx::query_as(
-        "select from_height from tracking_spans
-         where account_id = $1 and from_height <= $2 and (to_height is null or to_height >= $2)
-         order by from_height desc limit 1",
-    )
-    .bind(account.as_str())
-    .bind(h)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(StoreError::from)?;
-    let Some((from,)) = span else {
+    let Some(from) = span_start(conn, account, height).await? else {
         let first: Option<i64> = sqlx::query_scalar(
             "select min(from_height) from tracking_spans where account_id = $1 and from_height > $2",
         )

@@ -154,3 +154,22 @@ pub async fn advance_cursor(
     .await?;
     Ok(())
 }
+
+/// Records one reconcile run and what it found.
+pub async fn record_reconcile(
+    conn: &mut sqlx::PgConnection,
+    cursor: &Cursor,
+    accounts: usize,
+    differences: usize,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into reconcile_runs (block_height, block_hash, accounts, differences) values ($1, $2, $3, $4)",
+    )
+    .bind(convert::height_to_i64("height", cursor.height)?)
+    .bind(&cursor.hash)
+    .bind(accounts as i32)
+    .bind(differences as i32)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

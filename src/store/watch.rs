@@ -318,3 +318,57 @@ pub async fn get(
     .await?;
     row.map(to_watched).transpose()
 }
+
+/// Asks the follower to re-read these accounts at its cursor and correct
+/// what differs (a reconcile found drift below the cursor).
+pub async fn request_fix(
+    conn: &mut PgConnection,
+    accounts: &[AccountId],
+) -> Result<(), StoreError> {
+    let ids: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
+    sqlx::query(
+        "update watched_accounts set fix_requested_at = coalesce(fix_requested_at, now())
+         where account_id = any($1)",
+    )
+    .bind(&ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Accounts waiting for a correction at the cursor.
+pub async fn fix_requested(conn: &mut PgConnection) -> Result<Vec<AccountId>, StoreError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "select account_id from watched_accounts where fix_requested_at is not null
+           and baseline_height is not null order by account_id",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|a| {
+            AccountId::parse(a)
+                .map_err(|e| StoreError::Invalid(format!("stored watch list entry: {e}")))
+        })
+        .collect()
+}
+
+pub async fn clear_fix(tx: &mut PgConnection, account: &AccountId) -> Result<(), StoreError> {
+    sqlx::query("update watched_accounts set fix_requested_at = null where account_id = $1")
+        .bind(account.as_str())
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Where tracking of `account` started, if it is watched and tracked.
+pub async fn baseline_height(
+    conn: &mut PgConnection,
+    account: &AccountId,
+) -> Result<Option<Option<u64>>, StoreError> {
+    let row: Option<Option<i64>> =
+        sqlx::query_scalar("select baseline_height from watched_accounts where account_id = $1")
+            .bind(account.as_str())
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|h| h.map(|h| h.max(0) as u64)))
+}

@@ -272,3 +272,254 @@ async fn a_60_second_rpc_outage_is_mailed_while_it_lasts_and_run_catches_up(pool
     );
     assert_matches_chain(&pool, &sim).await;
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn with_the_database_down_the_stall_is_mailed_and_recorded_once_it_returns(pool: PgPool) {
+    use keywatch::health::{Dependency, Health, Role};
+    use keywatch::ingest::watchdog::{WatchState, Watchdog};
+    use keywatch::store::Cursor;
+    let smtp = SmtpServer::start().await;
+    let proxy = crate::proxy::TcpProxy::start(crate::proxy::postgres_addr()).await;
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    let text = format!(
+        "[rpc]\nurls = [\"http://127.0.0.1:1/\"]\nchain_id = \"localnet\"\n[rules.ingest_stalled]\nafter = \"200ms\"\n[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"kw@example.com\"\nto = [\"ops@example.com\"]\n",
+        smtp.port
+    );
+    let settings = keywatch::config::Settings::from_toml(
+        &text,
+        std::path::Path::new("t.toml"),
+        &Default::default(),
+    )
+    .unwrap();
+    let through_proxy = keywatch::store::connect_lazy(&proxy.url(&db), 2).unwrap();
+    let health = Arc::new(Health::default());
+    let channels = Arc::new(keywatch::notify::Channels::from_settings(&settings).unwrap());
+    let dog = Watchdog::new(
+        through_proxy,
+        &settings,
+        health.clone(),
+        channels,
+        Arc::new(chrono::Utc::now),
+    )
+    .unwrap();
+    let at = |height: u64| Cursor {
+        height,
+        hash: format!("{height}"),
+        timestamp_ns: 1_700_000_000_000_000_000,
+    };
+    health.set_role(Role::Leader);
+    health.committed(&at(100));
+    proxy.set_up(false);
+    health.failed(Dependency::Database, "connection refused");
+    let mut state = WatchState::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while smtp.mails().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no stall mail with the database down"
+        );
+        dog.check(&mut state).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mail = &smtp.mails()[0];
+    let subject = mail.header("Subject").unwrap();
+    assert!(
+        subject.starts_with("[CRITICAL] keywatch is blind"),
+        "{subject}"
+    );
+    assert!(subject.contains("database unreachable"), "{subject}");
+    assert!(state.is_blind());
+    assert_eq!(state.unrecorded(), 1, "kept in memory");
+    let stored: i64 = sqlx::query_scalar("select count(*) from alerts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    // the database returns: written as delivered, under the same identity
+    proxy.set_up(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state.unrecorded() > 0 {
+        assert!(Instant::now() < deadline, "never recorded");
+        dog.check(&mut state).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (dedup, status, attempts): (String, String, i32) = sqlx::query_as(
+        "select a.dedup_key, d.status, d.attempts from alerts a join alert_deliveries d on d.alert_id = a.id where a.rule = 'ingest_stalled'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("delivered", 1));
+    assert!(
+        mail.header("Message-ID")
+            .unwrap()
+            .contains(&keywatch::notify::alert_identity(&dedup)),
+        "the mail and the row are one alert"
+    );
+    assert_eq!(smtp.mails().len(), 1, "sent once");
+    // progress: one ingest_recovered, queued for the dispatcher
+    health.committed(&at(101));
+    dog.check(&mut state).await;
+    assert!(!state.is_blind());
+    let recovered: Vec<(String, String)> = sqlx::query_as(
+        "select a.title, d.status from alerts a join alert_deliveries d on d.alert_id = a.id where a.rule = 'ingest_recovered'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert!(
+        recovered[0]
+            .0
+            .starts_with("keywatch ingests again after being blind for")
+    );
+    assert_eq!(recovered[0].1, "pending");
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn run_says_why_on_every_channel_before_it_exits_on_a_broken_chain(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let sim = Simulator::start(big_scenario(100), SimOptions::default())
+        .await
+        .unwrap();
+    sim.advance_to(START + 5);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let mut text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[ingest]\n", &format!("[ingest]\nstart = {}\n", START + 1));
+    text.push_str(&format!(
+        "[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"kw@example.com\"\nto = [\"ops@example.com\"]\n",
+        smtp.port
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let db = database_url(&pool);
+    watch(&cfg, &db, &["acc0.sim.near"]).await;
+    sim.run_to_end();
+    let bad = START + 30;
+    assert!(sim.tamper(bad, |b| b.header.prev_hash =
+        keywatch::domain::CryptoHash::from_bytes([3; 32])));
+    let out = keywatch(&cfg, &db, &["run"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stopped: Vec<String> = smtp
+        .mails()
+        .iter()
+        .filter_map(|m| m.header("Subject"))
+        .filter(|s| s.contains("keywatch stopped"))
+        .collect();
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    assert!(stopped[0].starts_with("[CRITICAL]"), "{}", stopped[0]);
+    assert!(
+        stopped[0].contains(&format!("block {bad}")),
+        "names the block: {}",
+        stopped[0]
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "select count(*) from alert_log where rule = 'ingest_stopped' and status = 'delivered'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn reconcile_and_watch_add_from_another_process_succeed_while_run_follows_a_live_chain(
+    pool: PgPool,
+) {
+    use keywatch::sim::scenario::GenSpec;
+    use keywatch::sim::{Clock, Scenario};
+    // 100 watched accounts and 5 more to add, a block every 600 ms
+    let mut scenario = Scenario::generate(&GenSpec {
+        seed: 5,
+        accounts: 105,
+        blocks: 2_000,
+        actions_per_block: 4,
+        start_height: START,
+    });
+    scenario.chain.block_time = Duration::from_millis(600);
+    let sim = Simulator::start(
+        scenario,
+        SimOptions {
+            clock: Clock::RealTime,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // the shipped request budget and poll interval
+    let cfg = config(&dir, &sim.url());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("requests_per_second = 0", "requests_per_second = 15")
+        .replace("poll_interval = \"20ms\"", "poll_interval = \"500ms\"");
+    std::fs::write(&cfg, text).unwrap();
+    let db = database_url(&pool);
+    let first: Vec<String> = (0..100).map(|i| format!("acc{i}.sim.near")).collect();
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    watch(&cfg, &db, &first).await;
+    let mut follower = keywatch(&cfg, &db, &["run"]).spawn().unwrap();
+    // following: the cursor moves
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let start = loop {
+        if let Some(c) = keywatch::store::cursor(&pool).await.unwrap() {
+            break c.height;
+        }
+        assert!(Instant::now() < deadline, "run never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let started = Instant::now();
+    let mut cmd = keywatch(&cfg, &db, &["reconcile"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let out = cmd.output().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "reconcile: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no drift: 100 account(s) match the chain"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let started = Instant::now();
+    let more = [
+        "acc100.sim.near",
+        "acc101.sim.near",
+        "acc102.sim.near",
+        "acc103.sim.near",
+        "acc104.sim.near",
+    ];
+    let mut args = vec!["watch", "add"];
+    args.extend_from_slice(&more);
+    let mut cmd = keywatch(&cfg, &db, &args);
+    cmd.stdout(std::process::Stdio::piped());
+    let out = cmd.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "watch add: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches("baseline at block").count(),
+        5,
+        "each added with a baseline: {stdout}"
+    );
+    let now = keywatch::store::cursor(&pool)
+        .await
+        .unwrap()
+        .unwrap()
+        .height;
+    eprintln!(
+        "while following ({start} -> {now}): reconcile of 100 accounts took {:.1} s, watch add of 5 {:.1} s",
+        took.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(now > start, "the follower kept following");
+    follower.start_kill().unwrap();
+    follower.wait().await.unwrap();
+}

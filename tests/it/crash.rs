@@ -273,7 +273,8 @@ async fn reconcile_exits_1_on_drift_and_0_once_corrected(pool: PgPool) {
     let out = cmd.output().await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("drift on acc0.sim.near: balance: stored"),
+        String::from_utf8_lossy(&out.stdout)
+            .contains("drift on acc0.sim.near: current state vs history at block"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -284,6 +285,17 @@ async fn reconcile_exits_1_on_drift_and_0_once_corrected(pool: PgPool) {
     assert!(
         String::from_utf8_lossy(&out.stdout)
             .contains("no drift: 1 account(s) match the chain at block")
+    );
+    // an account that is not watched is bad input, not drift
+    let out = keywatch(&cfg, &db, &["reconcile", "acc5.sim.near"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("acc5.sim.near not watched"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

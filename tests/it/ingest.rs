@@ -769,6 +769,7 @@ async fn reconcile_records_and_corrects_drift(pool: PgPool) {
     let report = keywatch::ingest::reconcile::reconcile(&pool, &rpc, &[], None)
         .await
         .unwrap();
+    let height = report.height;
     let mut found: Vec<String> = report
         .differences
         .iter()
@@ -778,17 +779,19 @@ async fn reconcile_records_and_corrects_drift(pool: PgPool) {
     assert_eq!(found.len(), 3, "{found:#?}");
     assert!(
         found[0].starts_with(&format!(
-            "acc0.sim.near key {real} is on chain but not stored"
+            "acc0.sim.near current state vs history at block {height}: key {real} is in history but not stored"
         )),
         "{found:#?}"
     );
     assert!(
-        found[1].starts_with("acc2.sim.near balance: stored"),
+        found[1].starts_with(&format!(
+            "acc2.sim.near current state vs history at block {height}: balance: stored"
+        )),
         "{found:#?}"
     );
     assert!(
         found[2].starts_with(&format!(
-            "acc2.sim.near key {GAS_KEY} is stored but not on chain"
+            "acc2.sim.near current state vs history at block {height}: key {GAS_KEY} is stored but not in history"
         )),
         "{found:#?}"
     );

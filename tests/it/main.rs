@@ -7,6 +7,7 @@ mod config;
 mod crash;
 pub mod ingest;
 mod parsers;
+mod proxy;
 mod rpc_client;
 pub mod samples;
 mod sim;

@@ -325,6 +325,45 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn background_requests_wait_while_following_needs_the_budget() {
+    let node = FakeNode::start(|_, r| Canned::result(r, status_result("mainnet"))).await;
+    let follow = std::sync::Arc::new(client(RpcSettings {
+        requests_per_second: NonZeroU32::new(20),
+        ..settings(&[&node.url])
+    }));
+    let background = std::sync::Arc::new(follow.background());
+    // the first request takes the only slot; then both lanes queue up,
+    // the background lane first
+    follow.status().await.unwrap();
+    let mut calls = Vec::new();
+    for lane in ["background", "follow"] {
+        for _ in 0..8 {
+            let c = if lane == "follow" {
+                follow.clone()
+            } else {
+                background.clone()
+            };
+            calls.push(tokio::spawn(async move {
+                c.status().await.unwrap();
+                (lane, std::time::Instant::now())
+            }));
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut done = Vec::new();
+    for call in calls {
+        done.push(call.await.unwrap());
+    }
+    done.sort_by_key(|(_, t)| *t);
+    let order: Vec<&str> = done.iter().map(|(lane, _)| *lane).collect();
+    assert_eq!(
+        &order[..8],
+        &["follow"; 8],
+        "every follower request went first: {order:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_request_budget_is_never_exceeded() {
     let node = FakeNode::start(|_, r| Canned::result(r, status_result("mainnet"))).await;
     let rps = 10;

@@ -27,12 +27,20 @@ pub struct Mail {
 }
 
 impl Mail {
+    /// A header's value, unfolded (long headers continue on lines that
+    /// start with white space).
     pub fn header(&self, name: &str) -> Option<String> {
         let prefix = format!("{}:", name.to_lowercase());
-        self.data
+        let mut lines = self
+            .data
             .lines()
-            .find(|l| l.to_lowercase().starts_with(&prefix))
-            .map(|l| l[prefix.len()..].trim().to_owned())
+            .skip_while(|l| !l.to_lowercase().starts_with(&prefix));
+        let mut value = lines.next()?[prefix.len()..].trim().to_owned();
+        for more in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+            value.push(' ');
+            value.push_str(more.trim());
+        }
+        Some(value)
     }
 }
 
