@@ -1,8 +1,8 @@
 //! `keywatch rules test`: the configured rules replayed over stored history,
 //! block by block, with the same code the ingest runs. Everything happens in
-//! a transaction that is rolled back: existing alerts are set aside inside
-//! it (so dedup and cooldown see only the replay), nothing is kept and
-//! nothing is sent.
+//! a transaction that is rolled back, against a private empty outbox that
+//! shadows the real one (so dedup and cooldown see only the replay, and the
+//! live dispatcher is never blocked): nothing is kept and nothing is sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -145,7 +145,7 @@ pub async fn rules_test(
     to: u64,
 ) -> Result<Vec<WouldFire>, IngestError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("delete from alerts").execute(&mut *tx).await?;
+    crate::store::alerts::shadow_outbox(&mut tx).await?;
     let blocks: Vec<(String, i64, String, i64)> = sqlx::query_as(
         "select block_hash, block_height, prev_hash, block_timestamp_ns from blocks where block_height between $1 and $2 order by block_height",
     )

@@ -367,3 +367,19 @@ pub async fn undelivered(
     .fetch_all(conn)
     .await?)
 }
+
+/// For the rest of the transaction, `alerts` and `alert_deliveries` name
+/// empty temporary copies (the session's temporary schema is searched
+/// first), so a replay of the rules neither sees nor locks the live outbox.
+/// They are dropped with the transaction.
+pub async fn shadow_outbox(tx: &mut PgConnection) -> Result<(), StoreError> {
+    for sql in [
+        "create temporary table alerts (like public.alerts including defaults) on commit drop",
+        "alter table pg_temp.alerts add constraint alerts_dedup_key unique (dedup_key)",
+        "create temporary table alert_deliveries (like public.alert_deliveries including defaults) on commit drop",
+        "alter table pg_temp.alert_deliveries add constraint alert_deliveries_alert_channel unique (alert_id, channel)",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
+    Ok(())
+}

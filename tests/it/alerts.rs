@@ -912,3 +912,141 @@ async fn metrics_health_and_readiness_are_served(pool: PgPool) {
     assert!(body["reasons"].to_string().contains("standby"));
     assert_eq!(get("/health").await.0, 200);
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_critical_alert_outlives_max_attempts_is_escalated_and_sent_at_once_on_recovery(
+    pool: PgPool,
+) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let (mut s, _sim) = one_alert_story(&pool, &smtp, &hook).await;
+    s.notify.escalate_after = Duration::from_secs(60);
+    smtp.set_mode(Mode::Refuse);
+    let (clock, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now.clone()).unwrap();
+    for _ in 0..8 {
+        d.run_once().await.unwrap();
+        advance(&clock, 30);
+    }
+    let (status, attempts) = delivery(&pool, "email").await;
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 8),
+        "a critical alert is not given up after max_attempts (5)"
+    );
+    // escalated once, on the other channel only
+    assert_eq!(d.escalate().await.unwrap(), 1);
+    assert_eq!(d.escalate().await.unwrap(), 0, "once per stuck delivery");
+    let channels: Vec<String> = sqlx::query_scalar(
+        "select channel from alert_log where rule = 'delivery_failing' order by channel",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(channels, ["webhook"]);
+    let sent_before = hook.bodies().len();
+    d.run_once().await.unwrap();
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), sent_before + 1);
+    let escalation: serde_json::Value = serde_json::from_slice(bodies.last().unwrap()).unwrap();
+    assert_eq!(escalation["alert"]["rule"], "delivery_failing");
+    assert!(
+        escalation["alert"]["title"]
+            .as_str()
+            .unwrap()
+            .contains("on email is still pending after 1m"),
+        "{escalation}"
+    );
+    // a 30-minute retry step on the stuck alert...
+    sqlx::query("update alert_deliveries set next_attempt_at = $1 where channel = 'email'")
+        .bind(now() + chrono::Duration::minutes(30))
+        .execute(&pool)
+        .await
+        .unwrap();
+    // ...does not hold it back once the channel works for a newer alert
+    smtp.set_mode(Mode::Accept);
+    let draft = keywatch::rules::AlertDraft {
+        rule: "new_full_access_key",
+        severity: keywatch::config::Severity::Critical,
+        account_id: "treasury.near".into(),
+        public_key: Some("ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6".into()),
+        title: "a newer critical alert".into(),
+        details: serde_json::json!({}),
+    };
+    let mut tx = pool.begin().await.unwrap();
+    keywatch::store::alerts::insert(
+        &mut tx,
+        &draft,
+        &keywatch::store::alerts::Decided {
+            block_height: 1008,
+            block_hash: "newer",
+            block_time: now(),
+        },
+        &["email"],
+        true,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    d.run_once().await.unwrap();
+    d.run_once().await.unwrap();
+    let subjects: Vec<String> = smtp
+        .mails()
+        .iter()
+        .map(|m| m.header("Subject").unwrap())
+        .collect();
+    assert_eq!(subjects.len(), 2, "both sent without waiting: {subjects:?}");
+    assert!(subjects.iter().any(|s| s.contains("New full-access key")));
+    let pending: i64 = sqlx::query_scalar(
+        "select count(*) from alert_log where channel = 'email' and status <> 'delivered'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, 0);
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_rules_replay_neither_sees_nor_locks_the_live_outbox(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let (s, _sim) = one_alert_story(&pool, &smtp, &hook).await;
+    let live: i64 = sqlx::query_scalar("select count(*) from alerts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 1);
+    let mut replay = pool.begin().await.unwrap();
+    keywatch::store::alerts::shadow_outbox(&mut replay)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("select count(*) from alerts")
+        .fetch_one(&mut *replay)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0, "the replay starts from an empty outbox");
+    // the live dispatcher can still lock and update every delivery
+    let mut live_tx = pool.begin().await.unwrap();
+    sqlx::query("set local lock_timeout = '2s'")
+        .execute(&mut *live_tx)
+        .await
+        .unwrap();
+    sqlx::query("update alert_deliveries set attempts = attempts where id in (select id from alert_deliveries for update)")
+        .execute(&mut *live_tx)
+        .await
+        .expect("not blocked by the replay");
+    live_tx.commit().await.unwrap();
+    replay.rollback().await.unwrap();
+    // and the whole replay reproduces the live decision
+    let ctx = AlertContext::from_settings(&s);
+    let fired = keywatch::ingest::replay::rules_test(&pool, &ctx, 1001, 1008)
+        .await
+        .unwrap();
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].rule, "new_full_access_key");
+    let after: i64 = sqlx::query_scalar("select count(*) from alerts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(after, 1, "the live outbox is untouched");
+}
