@@ -66,6 +66,8 @@ struct State {
     failing: BTreeMap<Dependency, Failing>,
     /// Deliveries that ended `failed` or critical ones pending too long.
     outbox_stuck: Option<String>,
+    /// When the leader lease was last renewed (leaders only).
+    lease_renewed: Option<Instant>,
 }
 
 /// Shared by every loop of the process (`Arc<Health>`).
@@ -116,6 +118,7 @@ impl Default for Health {
                 head: None,
                 failing: BTreeMap::new(),
                 outbox_stuck: None,
+                lease_renewed: None,
             }),
         }
     }
@@ -188,6 +191,20 @@ impl Health {
             }
             s.role = role;
         });
+    }
+
+    pub fn lease_renewed(&self) {
+        self.with(|s| s.lease_renewed = Some(Instant::now()));
+    }
+
+    /// Whether this process may act as the leader: it leads, and its lease
+    /// (when it has one) was renewed within `takeover_after`. A leader that
+    /// was frozen has lost it even before it learns so, and must not raise
+    /// a stall about the time it was asleep.
+    pub fn leads(&self, takeover_after: Duration) -> bool {
+        self.with(|s| {
+            s.role == Role::Leader && s.lease_renewed.is_none_or(|t| t.elapsed() < takeover_after)
+        })
     }
 
     pub fn set_outbox_stuck(&self, why: Option<String>) {

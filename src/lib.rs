@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod health;
 pub mod ingest;
+pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod rpc;

@@ -6,6 +6,7 @@ mod alerts;
 mod demo;
 mod ingest;
 mod output;
+mod run;
 mod watch;
 
 use std::collections::HashMap;
@@ -227,7 +228,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 accept_gap,
                 ..Default::default()
             };
-            ingest::run(&cli.config, opts, drain_timeout).await
+            run::run(&cli.config, opts, drain_timeout).await
         }
         Command::Alerts { action: None, json } => alerts::list(&cli.config, json).await,
         Command::Alerts {

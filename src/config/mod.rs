@@ -64,6 +64,8 @@ pub struct IngestConfig {
     pub poll_interval: Duration,
     /// Accounts per `changes` request.
     pub accounts_per_request: usize,
+    /// A standby takes over when the leader's lease is older than this.
+    pub takeover_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +389,9 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Setti
         start,
         poll_interval: f.get(p, "poll_interval", Duration::from_millis(500)),
         accounts_per_request: f.get(p, "accounts_per_request", 100usize).max(1),
+        takeover_after: f
+            .get(p, "takeover_after", Duration::from_secs(10))
+            .max(Duration::from_millis(500)),
     };
     f.finish(p);
 

@@ -44,13 +44,22 @@ fn writes_of<'a>(
         .filter(move |c| c.value.account_id() == Some(account))
 }
 
+/// Applies one block in one transaction. With `epoch`, the transaction
+/// first checks that this process still holds the leader lease under that
+/// epoch (fencing): a deposed leader writes nothing.
 pub async fn apply_block(
     pool: &PgPool,
     data: &BlockData,
     alerts: Option<&AlertContext>,
+    epoch: Option<i64>,
 ) -> Result<Applied, IngestError> {
     let h = &data.header;
     let mut tx = pool.begin().await?;
+    if let Some(epoch) = epoch
+        && !store::lease::holds(&mut tx, epoch).await?
+    {
+        return Err(IngestError::Deposed { epoch });
+    }
     let cursor = store::lock_cursor(&mut tx)
         .await?
         .ok_or_else(|| IngestError::Invalid("no cursor: ingestion was not started".into()))?;

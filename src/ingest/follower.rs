@@ -38,6 +38,8 @@ pub struct FollowOptions {
     pub progress: bool,
     /// Told of every commit and every time the head is reached.
     pub health: Option<Arc<Health>>,
+    /// The leader lease's epoch every block's transaction checks.
+    pub epoch: Option<i64>,
 }
 
 impl Default for FollowOptions {
@@ -51,6 +53,7 @@ impl Default for FollowOptions {
             accounts_per_request: 100,
             progress: false,
             health: None,
+            epoch: None,
         }
     }
 }
@@ -245,7 +248,7 @@ pub async fn follow_into(
         while let Some(data) = fetches.next().await {
             let mut data = data?;
             loop {
-                match apply_block(pool, &data, alerts).await? {
+                match apply_block(pool, &data, alerts, opts.epoch).await? {
                     Applied::Block {
                         key_rows,
                         balance_rows,

@@ -66,6 +66,9 @@ pub enum IngestError {
     /// The cursor moved under this process: retried from the new cursor.
     #[error("{0}")]
     Moved(String),
+    /// Another process took the leader lease: this one must step down.
+    #[error("another process leads now (this one held epoch {epoch})")]
+    Deposed { epoch: i64 },
     #[error("{} not watched: reconcile checks watched accounts only (see `keywatch watch list`)", .0.join(", "))]
     NotWatched(Vec<String>),
     #[error("{0}")]
@@ -85,6 +88,7 @@ impl IngestError {
             IngestError::Continuity { .. }
             | IngestError::HistoryGone { .. }
             | IngestError::Fork { .. }
+            | IngestError::Deposed { .. }
             | IngestError::NotWatched(_)
             | IngestError::Invalid(_) => true,
         }

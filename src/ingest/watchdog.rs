@@ -51,6 +51,7 @@ pub struct Watchdog {
     channels: Arc<Channels>,
     rules: RuleSet,
     after: Duration,
+    takeover_after: Duration,
     heartbeat: Option<(reqwest::Client, SecretString, Duration)>,
     now: Clock,
 }
@@ -105,6 +106,7 @@ impl Watchdog {
             channels,
             rules: settings.rules.clone(),
             after,
+            takeover_after: settings.ingest.takeover_after,
             heartbeat,
             now,
         })
@@ -137,7 +139,9 @@ impl Watchdog {
         }
         state.unrecorded = still;
         let snap = self.health.snapshot();
-        if snap.role == Role::Standby {
+        if snap.role == Role::Standby
+            || (snap.role == Role::Leader && !self.health.leads(self.takeover_after))
+        {
             state.blind = None;
             return;
         }

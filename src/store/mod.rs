@@ -8,9 +8,10 @@ pub mod alerts;
 pub mod convert;
 pub mod history;
 pub mod keys;
+pub mod lease;
 pub mod watch;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use convert::ConvertError;
 
@@ -39,10 +40,30 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
 /// A pool that connects on first use, so a process can start (and report
 /// that the database is down) before the database answers.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    Ok(PgPoolOptions::new()
+    let options: PgConnectOptions = url.parse()?;
+    Ok(pool_options(max_connections).connect_lazy_with(options))
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect_lazy(url)?)
+}
+
+/// `run`'s sessions: named after the process (so a standby can end a stale
+/// leader's sessions), and set up so the server notices a dead client
+/// (keepalives, `tcp_user_timeout`) and never keeps a frozen client's
+/// transaction, and its locks, open for long.
+pub fn connect_service(url: &str, max_connections: u32, name: &str) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.application_name(name).options([
+        ("idle_in_transaction_session_timeout", "2min"),
+        ("tcp_keepalives_idle", "5"),
+        ("tcp_keepalives_interval", "2"),
+        ("tcp_keepalives_count", "3"),
+        ("tcp_user_timeout", "10000"),
+    ]);
+    Ok(pool_options(max_connections).connect_lazy_with(options))
 }
 
 /// Whether a database error is an outage that waiting can fix (the server

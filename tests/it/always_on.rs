@@ -523,3 +523,193 @@ async fn reconcile_and_watch_add_from_another_process_succeed_while_run_follows_
     follower.start_kill().unwrap();
     follower.wait().await.unwrap();
 }
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// The pid in the lease holder's name (`keywatch-<pid>-<random>`).
+async fn leader_pid(pool: &PgPool) -> Option<u32> {
+    let holder: Option<String> = sqlx::query_scalar(
+        "select holder from leader_lease where renewed_at > now() - interval '1 hour'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap();
+    holder.and_then(|h| h.split('-').nth(1).and_then(|p| p.parse().ok()))
+}
+
+/// Advances the chain a block every 100 ms until `done` (or `limit`
+/// passes: then panics); returns how long it took.
+async fn live_chain_until<F, Fut>(sim: &Simulator, limit: Duration, mut done: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if done().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}");
+        sim.advance(1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Advances the chain a block every 100 ms for `d`.
+async fn live_chain_for(sim: &Simulator, d: Duration) {
+    let end = Instant::now() + d;
+    live_chain_until(sim, d + Duration::from_secs(5), || async move {
+        Instant::now() >= end
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_leader(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let sim = Simulator::start(big_scenario(900), SimOptions::default())
+        .await
+        .unwrap();
+    sim.advance_to(START + 5);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let mut text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[ingest]\n", "[ingest]\ntakeover_after = \"2s\"\n");
+    text.push_str(&format!(
+        "[rules.ingest_stalled]\nafter = \"3s\"\n[notify]\nmax_age = \"3650days\"\nretry_min = \"100ms\"\nretry_max = \"1s\"\n[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"kw@example.com\"\nto = [\"ops@example.com\"]\n",
+        smtp.port
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let db = database_url(&pool);
+    watch(
+        &cfg,
+        &db,
+        &["acc0.sim.near", "acc1.sim.near", "acc2.sim.near"],
+    )
+    .await;
+    let spawn = |name: &str| {
+        let mut cmd = keywatch(&cfg, &db, &["run"]);
+        cmd.stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap());
+        cmd.spawn().unwrap()
+    };
+    let cursor = || async {
+        keywatch::store::cursor(&pool)
+            .await
+            .unwrap()
+            .map(|c| c.height)
+    };
+
+    let mut a = spawn("a");
+    let a_pid = a.id().unwrap();
+    live_chain_until(&sim, Duration::from_secs(60), || async {
+        leader_pid(&pool).await == Some(a_pid) && cursor().await.is_some()
+    })
+    .await;
+    let mut b = spawn("b");
+    let b_pid = b.id().unwrap();
+    live_chain_for(&sim, Duration::from_secs(2)).await;
+    assert_eq!(leader_pid(&pool).await, Some(a_pid), "b waits as a standby");
+
+    // the leader is killed: b takes over
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    let killed_at = cursor().await.unwrap();
+    let took = live_chain_until(&sim, Duration::from_secs(30), || async {
+        leader_pid(&pool).await == Some(b_pid) && cursor().await.unwrap() > killed_at
+    })
+    .await;
+    eprintln!(
+        "takeover after SIGKILL: {:.2} s (takeover_after 2 s)",
+        took.as_secs_f64()
+    );
+
+    // the new leader freezes: c ends its sessions and takes over
+    let mut c = spawn("c");
+    let c_pid = c.id().unwrap();
+    live_chain_for(&sim, Duration::from_secs(1)).await;
+    signal(b_pid, "STOP");
+    let frozen_at = cursor().await.unwrap();
+    let took = live_chain_until(&sim, Duration::from_secs(30), || async {
+        leader_pid(&pool).await == Some(c_pid) && cursor().await.unwrap() > frozen_at
+    })
+    .await;
+    eprintln!(
+        "takeover after SIGSTOP: {:.2} s (takeover_after 2 s)",
+        took.as_secs_f64()
+    );
+    live_chain_for(&sim, Duration::from_secs(2)).await;
+    // b wakes up deposed: it steps down and stays up as a standby
+    signal(b_pid, "CONT");
+    live_chain_for(&sim, Duration::from_secs(4)).await;
+    assert!(
+        b.try_wait().unwrap().is_none(),
+        "the deposed leader stays up"
+    );
+    assert_eq!(leader_pid(&pool).await, Some(c_pid));
+
+    // the rest of the chain, then a clean stop of both
+    sim.run_to_end();
+    let end = sim.with_chain(|ch| ch.final_block().header.height);
+    live_chain_until(&sim, Duration::from_secs(60), || async {
+        cursor().await.unwrap() >= end
+    })
+    .await;
+    signal(c_pid, "TERM");
+    signal(b_pid, "TERM");
+    assert!(c.wait().await.unwrap().success());
+    assert!(b.wait().await.unwrap().success());
+
+    let orphans: i64 = sqlx::query_scalar("select count(*) from blocks b where b.block_height > (select min(block_height) from blocks) and not exists (select 1 from blocks p where p.block_hash = b.prev_hash)")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orphans, 0, "no gap");
+    assert_matches_chain(&pool, &sim).await;
+    // every alert went out under its one identity, and nobody cried stall
+    let mails = smtp.mails();
+    assert!(
+        !mails
+            .iter()
+            .any(|m| m.header("Subject").unwrap().contains("keywatch is blind")),
+        "no false ingest_stalled from a deposed leader"
+    );
+    // an alert's mail is named by its dedup key, or by the digest it went in
+    let sent: Vec<(String, Option<String>)> = sqlx::query_as(
+        "select a.dedup_key, d.batch_id from alerts a join alert_deliveries d on d.alert_id = a.id
+         where d.channel = 'email' and d.status = 'delivered'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(!sent.is_empty(), "the story raised alerts");
+    let identities: std::collections::BTreeSet<String> = sent
+        .iter()
+        .map(|(dedup, batch)| match batch {
+            Some(b) => b.clone(),
+            None => keywatch::notify::alert_identity(dedup),
+        })
+        .collect();
+    let ids: std::collections::BTreeSet<String> = mails
+        .iter()
+        .map(|m| m.header("Message-ID").unwrap())
+        .collect();
+    for id in &ids {
+        assert!(
+            identities.iter().any(|i| id.contains(i.as_str())),
+            "a mail under an identity no alert has: {id}"
+        );
+    }
+    assert_eq!(
+        ids.len(),
+        identities.len(),
+        "one Message-ID per alert (or digest)"
+    );
+}

@@ -484,7 +484,7 @@ async fn replaying_blocks_changes_nothing(pool: PgPool) {
     let data = keywatch::ingest::fetch::fetch_block(&rpc, header, &watched, 100)
         .await
         .unwrap();
-    let again = keywatch::ingest::apply::apply_block(&pool, &data, None)
+    let again = keywatch::ingest::apply::apply_block(&pool, &data, None, None)
         .await
         .unwrap();
     assert_eq!(again, keywatch::ingest::apply::Applied::AlreadyApplied);
@@ -516,7 +516,7 @@ async fn an_account_watched_after_a_block_was_fetched_makes_it_fetched_again(poo
     let stale = keywatch::ingest::fetch::fetch_block(&rpc, header, &BTreeSet::new(), 100)
         .await
         .unwrap();
-    let outcome = keywatch::ingest::apply::apply_block(&pool, &stale, None)
+    let outcome = keywatch::ingest::apply::apply_block(&pool, &stale, None, None)
         .await
         .unwrap();
     assert_eq!(

@@ -1,0 +1,190 @@
+//! One leader, any number of standbys (orchestration). A lock tied to a
+//! connection is not enough: a frozen process or a vanished host keeps its
+//! connection, and its locks, for hours. So the leader renews a lease row;
+//! a standby that finds it older than `[ingest] takeover_after` ends the
+//! holder's database sessions and takes the lease with the next epoch.
+//! Every block's transaction checks that epoch (fencing); when it fails, or
+//! the lease cannot be renewed in time, the process steps down at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::health::{Dependency, Health, Role};
+use crate::store::{StoreError, lease};
+
+/// This process's name in the lease and in `application_name`.
+pub fn process_name() -> String {
+    format!(
+        "keywatch-{}-{}",
+        std::process::id(),
+        hex::encode(rand::rng().random::<[u8; 4]>())
+    )
+}
+
+/// Held while this process leads.
+pub struct Leadership {
+    pub epoch: i64,
+    /// Becomes true when the lease is lost.
+    pub deposed: watch::Receiver<bool>,
+    stop_renewing: watch::Sender<bool>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Stops renewing and gives the lease up (when still held), so a
+    /// standby takes over at once instead of after `takeover_after`.
+    pub async fn release(self) {
+        self.stop_renewing.send_replace(true);
+        if let Err(e) = self.renewer.await {
+            tracing::error!(error = %e, "the lease renewer panicked");
+        }
+    }
+}
+
+pub struct Election {
+    pub pool: PgPool,
+    pub me: String,
+    pub takeover_after: Duration,
+    pub health: Arc<Health>,
+}
+
+impl Election {
+    fn renew_every(&self) -> Duration {
+        (self.takeover_after / 5).max(Duration::from_millis(100))
+    }
+
+    /// Waits as a standby until this process leads; `None` once `stop`.
+    pub async fn lead(&self, mut stop: watch::Receiver<bool>) -> Option<Leadership> {
+        let mut said_standby = false;
+        loop {
+            match self.try_take().await {
+                Ok(Some(epoch)) => {
+                    tracing::info!(epoch, me = %self.me, "leading");
+                    self.health.recovered(Dependency::Database);
+                    self.health.lease_renewed();
+                    self.health.set_role(Role::Leader);
+                    return Some(self.start_renewing(epoch));
+                }
+                Ok(None) => {
+                    self.health.recovered(Dependency::Database);
+                    self.health.set_role(Role::Standby);
+                    if !said_standby {
+                        tracing::info!("another process leads: waiting as a standby");
+                        said_standby = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the leader lease");
+                    self.health.failed(Dependency::Database, &e.to_string());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.renew_every()) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return None;
+            }
+        }
+    }
+
+    async fn try_take(&self) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        match lease::read(&mut conn).await? {
+            None => lease::take(&mut conn, &self.me, None).await,
+            Some(l) if l.age_ms as u128 > self.takeover_after.as_millis() => {
+                tracing::warn!(holder = %l.holder, age_ms = l.age_ms, "the leader's lease is stale: taking over");
+                lease::take(&mut conn, &self.me, Some(&l)).await
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    fn start_renewing(&self, epoch: i64) -> Leadership {
+        let (deposed_tx, deposed) = watch::channel(false);
+        let (stop_renewing, mut stop) = watch::channel(false);
+        let (pool, health) = (self.pool.clone(), self.health.clone());
+        let (every, takeover_after) = (self.renew_every(), self.takeover_after);
+        let renewer = tokio::spawn(async move {
+            let mut last_ok = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() {
+                    release(&pool, epoch).await;
+                    return;
+                }
+                let renewed = async {
+                    let mut conn = pool.acquire().await?;
+                    lease::renew(&mut conn, epoch).await
+                }
+                .await;
+                let lost = match renewed {
+                    Ok(true) => {
+                        last_ok = Instant::now();
+                        health.lease_renewed();
+                        false
+                    }
+                    Ok(false) => {
+                        tracing::error!(epoch, "another process took the lease: stepping down");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the leader lease");
+                        // Past takeover_after a standby may lead already.
+                        last_ok.elapsed() >= takeover_after
+                    }
+                };
+                if lost {
+                    health.set_role(Role::Standby);
+                    deposed_tx.send_replace(true);
+                    return;
+                }
+            }
+        });
+        Leadership {
+            epoch,
+            deposed,
+            stop_renewing,
+            renewer,
+        }
+    }
+}
+
+async fn release(pool: &PgPool, epoch: i64) {
+    let released = async {
+        let mut conn = pool.acquire().await?;
+        lease::release(&mut conn, epoch).await
+    }
+    .await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "cannot release the leader lease; a standby takes over when it expires");
+    }
+}
+
+/// A receiver that turns true when either does.
+pub fn either(a: watch::Receiver<bool>, b: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    for mut r in [a, b] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                if *r.borrow() {
+                    tx.send_replace(true);
+                    return;
+                }
+                tokio::select! {
+                    changed = r.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+    }
+    rx
+}

@@ -1,0 +1,140 @@
+//! The leader lease (one row) and the session settings that let a standby
+//! take over from a leader that is frozen or gone.
+
+use sqlx::PgConnection;
+
+use crate::store::StoreError;
+
+/// The lease as a standby sees it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Lease {
+    pub holder: String,
+    pub epoch: i64,
+    /// Seconds since the holder last renewed it (database clock).
+    pub age_ms: i64,
+}
+
+pub async fn read(conn: &mut PgConnection) -> Result<Option<Lease>, StoreError> {
+    Ok(sqlx::query_as(
+        "select holder, epoch, (extract(epoch from now() - renewed_at) * 1000)::bigint as age_ms
+         from leader_lease where id = 1",
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Takes the lease if nobody holds it, or if `stale` (the lease read before)
+/// is still the current one; returns the new epoch, or `None` when someone
+/// else got there first. Ends the deposed holder's sessions first, so its
+/// locks and open transactions go with it.
+pub async fn take(
+    conn: &mut PgConnection,
+    me: &str,
+    stale: Option<&Lease>,
+) -> Result<Option<i64>, StoreError> {
+    match stale {
+        None => Ok(sqlx::query_scalar(
+            "insert into leader_lease (id, holder, epoch, renewed_at) values (1, $1, 1, now())
+             on conflict (id) do nothing returning epoch",
+        )
+        .bind(me)
+        .fetch_optional(conn)
+        .await?),
+        Some(old) => {
+            let ended: Vec<bool> = sqlx::query_scalar(
+                "select pg_terminate_backend(pid) from pg_stat_activity
+                 where application_name = $1 and pid <> pg_backend_pid()",
+            )
+            .bind(&old.holder)
+            .fetch_all(&mut *conn)
+            .await?;
+            if !ended.is_empty() {
+                tracing::warn!(
+                    holder = %old.holder,
+                    sessions = ended.len(),
+                    "ended the stale leader's database sessions"
+                );
+            }
+            Ok(sqlx::query_scalar(
+                "update leader_lease set holder = $1, epoch = epoch + 1, renewed_at = now()
+                 where id = 1 and epoch = $2 returning epoch",
+            )
+            .bind(me)
+            .bind(old.epoch)
+            .fetch_optional(conn)
+            .await?)
+        }
+    }
+}
+
+/// Renews the lease; false when `epoch` is no longer the current one.
+pub async fn renew(conn: &mut PgConnection, epoch: i64) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query("update leader_lease set renewed_at = now() where id = 1 and epoch = $1")
+            .bind(epoch)
+            .execute(conn)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
+/// Inside a block's transaction: whether `epoch` still leads. The row is
+/// share-locked, so a takeover waits for this transaction to end and the
+/// next block sees the new epoch.
+pub async fn holds(tx: &mut PgConnection, epoch: i64) -> Result<bool, StoreError> {
+    let current: Option<i64> =
+        sqlx::query_scalar("select epoch from leader_lease where id = 1 for share")
+            .fetch_optional(tx)
+            .await?;
+    Ok(current == Some(epoch))
+}
+
+/// Gives the lease up on a clean stop, so a standby takes over at once.
+pub async fn release(conn: &mut PgConnection, epoch: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "update leader_lease set renewed_at = now() - interval '1 day' where id = 1 and epoch = $1",
+    )
+    .bind(epoch)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether the lease table exists yet (a database no process has migrated).
+pub async fn table_exists(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("select to_regclass('leader_lease') is not null")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// The newest migration the database has applied.
+pub async fn schema_version(conn: &mut PgConnection) -> Result<Option<i64>, StoreError> {
+    let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Three statements outside a transaction on one connection reach three
+/// different backends only behind a pooler in transaction mode, where
+/// advisory locks, `LISTEN` and the lease's session identity do not hold.
+pub async fn behind_transaction_pooler(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await?;
+        pids.push(pid);
+    }
+    Ok(pids.windows(2).any(|w| w[0] != w[1]))
+}
