@@ -15,16 +15,16 @@ use crate::crash::{config, database_url, keywatch, run_with_kills};
 use crate::ingest::{START, assert_matches_chain, big_scenario};
 use crate::smtp::SmtpServer;
 
-/// Every fault kind the simulator has, `total` of all requests together.
-pub fn every_fault(seed: u64, total: f64) -> FaultPlan {
+/// Every fault kind the simulator has, `total` of all requests together;
+/// slow answers take `slow_ms` (longer than the client's timeout).
+pub fn every_fault(seed: u64, total: f64, slow_ms: u64) -> FaultPlan {
     let kinds = [
         FaultKind::RateLimit { retry_after: 0 },
         FaultKind::BadGateway,
         FaultKind::Unavailable,
         FaultKind::Truncated,
         FaultKind::Malformed,
-        // longer than the 2 s client timeout of the test config
-        FaultKind::Slow { millis: 2_500 },
+        FaultKind::Slow { millis: slow_ms },
         FaultKind::Drop,
         FaultKind::Internal,
         FaultKind::Timeout,
@@ -68,7 +68,7 @@ fn shipped_attempts(cfg: &std::path::Path) {
     std::fs::write(cfg, text).unwrap();
 }
 
-async fn watch(cfg: &std::path::PathBuf, db: &str, accounts: &[&str]) {
+pub async fn watch(cfg: &std::path::PathBuf, db: &str, accounts: &[&str]) {
     let mut args = vec!["watch", "add"];
     args.extend_from_slice(accounts);
     let out = keywatch(cfg, db, &args).output().await.unwrap();
@@ -97,7 +97,8 @@ async fn run_under_20_percent_faults_and_sigkills_ends_only_at_its_until_height(
     .await;
     sim.run_to_end();
     let end = sim.with_chain(|c| c.final_block().header.height);
-    sim.set_faults(every_fault(7, 0.20));
+    // slower than the 2 s client timeout of the test config
+    sim.set_faults(every_fault(7, 0.20, 2_500));
     let mut rng = rand::rngs::StdRng::seed_from_u64(88);
     let until = end.to_string();
     let kills = run_with_kills(&cfg, &db, &["run", "--until-height", &until], 6, &mut rng).await;
@@ -524,7 +525,7 @@ async fn reconcile_and_watch_add_from_another_process_succeed_while_run_follows_
     follower.wait().await.unwrap();
 }
 
-fn signal(pid: u32, sig: &str) {
+pub fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
         .status()
@@ -534,7 +535,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// The pid in the lease holder's name (`keywatch-<pid>-<random>`).
-async fn leader_pid(pool: &PgPool) -> Option<u32> {
+pub async fn leader_pid(pool: &PgPool) -> Option<u32> {
     let holder: Option<String> = sqlx::query_scalar(
         "select holder from leader_lease where renewed_at > now() - interval '1 hour'",
     )
@@ -546,7 +547,7 @@ async fn leader_pid(pool: &PgPool) -> Option<u32> {
 
 /// Advances the chain a block every 100 ms until `done` (or `limit`
 /// passes: then panics); returns how long it took.
-async fn live_chain_until<F, Fut>(sim: &Simulator, limit: Duration, mut done: F) -> Duration
+pub async fn live_chain_until<F, Fut>(sim: &Simulator, limit: Duration, mut done: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

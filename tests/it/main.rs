@@ -2,11 +2,13 @@
 
 mod alerts;
 mod always_on;
+mod campaign;
 mod cli;
 mod config;
 mod crash;
 pub mod ingest;
 mod parsers;
+mod pgcluster;
 mod proxy;
 mod rpc_client;
 pub mod samples;
