@@ -14,3 +14,6 @@ create index alert_deliveries_unescalated on alert_deliveries (alert_id)
 -- re-reads the account at its cursor between two blocks and writes the
 -- correction (reconcile rows), then clears this.
 alter table watched_accounts add column fix_requested_at timestamptz;
+
+-- /ready reports deliveries that ended `failed` (recently) until resolved
+create index alert_deliveries_failed on alert_deliveries (alert_id) where status = 'failed';

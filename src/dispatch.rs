@@ -236,9 +236,14 @@ impl Dispatcher {
         if batch.is_empty() {
             return Ok(0);
         }
-        // Random, so no two batches share an id (one derived from the first
-        // member and a count would repeat after a partial retry).
-        let batch_id = format!("batch-{}", hex::encode(rand::rng().random::<[u8; 12]>()));
+        // Named by its members: a batch re-sent after a crash keeps its id,
+        // and no two different batches share one.
+        let mut members: Vec<&str> = batch.iter().map(|d| d.dedup_key.as_str()).collect();
+        members.sort_unstable();
+        let batch_id = format!(
+            "batch-{}",
+            crate::notify::alert_identity(&members.join("\n"))
+        );
         let result = self.send(channel, &batch, Some(&batch_id)).await;
         let now = (self.now)();
         for d in &batch {
@@ -266,14 +271,19 @@ impl Dispatcher {
         let now = (self.now)();
         let mut conn = self.pool.acquire().await?;
         let stuck = stuck(&mut conn, now - self.escalate_after).await?;
+        // Reported until resolved, not only until escalated.
+        let (overdue, failed) = crate::store::alerts::outbox_problems(
+            &mut conn,
+            now - self.escalate_after,
+            now - chrono::Duration::hours(24),
+        )
+        .await?;
         drop(conn);
         if let Some(h) = &self.health {
-            h.set_outbox_stuck(stuck.first().map(|s| {
+            h.set_outbox_stuck((overdue + failed > 0).then(|| {
                 format!(
-                    "{} delivery(ies) failed or overdue, e.g. alert {} on {}",
-                    stuck.len(),
-                    s.alert_id,
-                    s.channel
+                    "{overdue} critical delivery(ies) pending longer than {}, {failed} failed in the last 24 h",
+                    humantime::format_duration(self.escalate_after.to_std().unwrap_or_default())
                 )
             }));
         }

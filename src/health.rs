@@ -66,8 +66,9 @@ struct State {
     failing: BTreeMap<Dependency, Failing>,
     /// Deliveries that ended `failed` or critical ones pending too long.
     outbox_stuck: Option<String>,
-    /// When the leader lease was last renewed (leaders only).
-    lease_renewed: Option<Instant>,
+    /// When a renewal of the leader lease last ended in anything but "another
+    /// process holds it" (leaders only).
+    lease_attempted: Option<Instant>,
 }
 
 /// Shared by every loop of the process (`Arc<Health>`).
@@ -99,7 +100,7 @@ impl Snapshot {
             return format!("database unreachable: {}", f.error);
         }
         if let Some(f) = self.failing.get(&Dependency::Rpc) {
-            return format!("rpc unreachable: {}", f.error);
+            return format!("rpc failing: {}", f.error);
         }
         match self.lag() {
             Some(lag) => format!("behind the final head by {lag} block(s) and not advancing"),
@@ -118,7 +119,7 @@ impl Default for Health {
                 head: None,
                 failing: BTreeMap::new(),
                 outbox_stuck: None,
-                lease_renewed: None,
+                lease_attempted: None,
             }),
         }
     }
@@ -193,17 +194,23 @@ impl Health {
         });
     }
 
+    /// The lease was renewed: the database answers.
     pub fn lease_renewed(&self) {
-        self.with(|s| s.lease_renewed = Some(Instant::now()));
+        self.recovered(Dependency::Database);
     }
 
-    /// Whether this process may act as the leader: it leads, and its lease
-    /// (when it has one) was renewed within `takeover_after`. A leader that
-    /// was frozen has lost it even before it learns so, and must not raise
-    /// a stall about the time it was asleep.
-    pub fn leads(&self, takeover_after: Duration) -> bool {
+    pub fn lease_attempted(&self) {
+        self.with(|s| s.lease_attempted = Some(Instant::now()));
+    }
+
+    /// Whether this process may act as the leader: it leads, and (when it
+    /// holds a lease) it has tried to renew it within `window`. A leader
+    /// that was frozen has not, and must not raise a stall about the time
+    /// it was asleep before its renewer learns whether it was deposed; one
+    /// whose renewals fail because the database is down has, and reports.
+    pub fn leads(&self, window: Duration) -> bool {
         self.with(|s| {
-            s.role == Role::Leader && s.lease_renewed.is_none_or(|t| t.elapsed() < takeover_after)
+            s.role == Role::Leader && s.lease_attempted.is_none_or(|t| t.elapsed() < window)
         })
     }
 
@@ -278,7 +285,7 @@ mod tests {
         h.failed(Dependency::Rpc, "gave up after 3 attempts");
         assert_eq!(
             h.snapshot().stall_reason(),
-            "rpc unreachable: gave up after 3 attempts"
+            "rpc failing: gave up after 3 attempts"
         );
         h.failed(Dependency::Database, "connection refused");
         assert!(
@@ -288,6 +295,21 @@ mod tests {
         );
         h.committed(&header(11));
         assert!(h.snapshot().failing.is_empty());
+    }
+
+    #[test]
+    fn a_leader_that_keeps_trying_its_lease_still_leads() {
+        let h = Health::default();
+        h.set_role(Role::Leader);
+        assert!(h.leads(Duration::ZERO), "no lease yet: the role decides");
+        // renewals that fail because the database is down still count
+        h.lease_attempted();
+        assert!(h.leads(Duration::from_secs(60)));
+        // one that has not tried within the window was asleep (frozen)
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!h.leads(Duration::from_millis(10)));
+        h.set_role(Role::Standby);
+        assert!(!h.leads(Duration::from_secs(60)));
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //! connection, and its locks, for hours. So the leader renews a lease row;
 //! a standby that finds it older than `[ingest] takeover_after` ends the
 //! holder's database sessions and takes the lease with the next epoch.
-//! Every block's transaction checks that epoch (fencing); when it fails, or
-//! the lease cannot be renewed in time, the process steps down at once.
+//! A holder with no database session left (killed, exited) is replaced at
+//! once. Every block's transaction checks the epoch (fencing); when it
+//! fails, or a renewal finds another epoch, the process steps down at once.
+//! A renewal that fails because the database is down does not: nobody can
+//! take over through a database that is down, and the leader's watchdog
+//! must stay on to report the outage.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::RngExt;
 use sqlx::PgPool;
@@ -100,6 +104,10 @@ impl Election {
                 tracing::warn!(holder = %l.holder, age_ms = l.age_ms, "the leader's lease is stale: taking over");
                 lease::take(&mut conn, &self.me, Some(&l)).await
             }
+            Some(l) if !lease::holder_connected(&mut conn, &l.holder).await? => {
+                tracing::warn!(holder = %l.holder, "the leader has no session left (it exited or was killed): taking over");
+                lease::take(&mut conn, &self.me, Some(&l)).await
+            }
             Some(_) => Ok(None),
         }
     }
@@ -108,9 +116,8 @@ impl Election {
         let (deposed_tx, deposed) = watch::channel(false);
         let (stop_renewing, mut stop) = watch::channel(false);
         let (pool, health) = (self.pool.clone(), self.health.clone());
-        let (every, takeover_after) = (self.renew_every(), self.takeover_after);
+        let every = self.renew_every();
         let renewer = tokio::spawn(async move {
-            let mut last_ok = Instant::now();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
@@ -120,31 +127,42 @@ impl Election {
                     release(&pool, epoch).await;
                     return;
                 }
-                let renewed = async {
-                    let mut conn = pool.acquire().await?;
-                    lease::renew(&mut conn, epoch).await
-                }
-                .await;
-                let lost = match renewed {
-                    Ok(true) => {
-                        last_ok = Instant::now();
-                        health.lease_renewed();
-                        false
-                    }
-                    Ok(false) => {
-                        tracing::error!(epoch, "another process took the lease: stepping down");
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the leader lease");
-                        // Past takeover_after a standby may lead already.
-                        last_ok.elapsed() >= takeover_after
-                    }
+                let attempt = || {
+                    tokio::time::timeout(every, async {
+                        let mut conn = pool.acquire().await?;
+                        lease::renew(&mut conn, epoch).await
+                    })
                 };
-                if lost {
-                    health.set_role(Role::Standby);
-                    deposed_tx.send_replace(true);
-                    return;
+                let mut renewed = attempt().await;
+                if !matches!(renewed, Ok(Ok(_))) {
+                    // Once more on a fresh connection: the first may have
+                    // been ended by a standby that took over.
+                    renewed = attempt().await;
+                }
+                if !matches!(renewed, Ok(Ok(false))) {
+                    // Awake and still holding the lease as far as it can
+                    // tell (renewed, or the database does not answer).
+                    health.lease_attempted();
+                }
+                match renewed {
+                    Ok(Ok(true)) => health.lease_renewed(),
+                    Ok(Ok(false)) => {
+                        tracing::error!(epoch, "another process took the lease: stepping down");
+                        health.set_role(Role::Standby);
+                        deposed_tx.send_replace(true);
+                        return;
+                    }
+                    // The database is down (for the standbys too, or they
+                    // could take over; then fencing stops this process's
+                    // next block). Keep leading, so the watchdog reports it.
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot renew the leader lease");
+                        health.failed(Dependency::Database, &e.to_string());
+                    }
+                    Err(_) => {
+                        tracing::warn!("renewing the leader lease timed out");
+                        health.failed(Dependency::Database, "renewing the leader lease timed out");
+                    }
                 }
             }
         });

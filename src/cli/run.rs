@@ -115,7 +115,10 @@ async fn serve(
     stop: watch::Receiver<bool>,
     dog: &mut Option<DogHandle>,
 ) -> CmdResult {
-    if !patiently(s, stop.clone(), || first_checks(&s.pool)).await? {
+    if patiently(s, stop.clone(), || first_checks(&s.pool))
+        .await?
+        .is_none()
+    {
         return Ok(());
     }
     let election = Election {
@@ -190,25 +193,9 @@ async fn lead(
     let settings = &s.settings;
     let stop = either(stop, leadership.deposed.clone());
     // Only the leader migrates; an older binary does not lead a newer schema.
-    if !patiently(s, stop.clone(), || prepare(s)).await? {
+    let Some(existing) = patiently(s, stop.clone(), || prepare(s)).await? else {
         return Ok(outcome_of_stop(leadership));
-    }
-    let existing = crate::store::cursor(&s.pool)
-        .await
-        .context("reading the cursor")?;
-    if let (Some(c), StartAt::Height(h)) = (&existing, settings.ingest.start)
-        && c.height + 1 != h
-    {
-        tracing::warn!(
-            cursor = c.height,
-            start = h,
-            "ingest.start is ignored: the cursor wins"
-        );
-    }
-    let cursor = init_cursor(&s.pool, &s.rpc, settings.ingest.start)
-        .await
-        .map_err(ingest_failure)?;
-    tracing::info!(cursor = cursor.height, "following the chain");
+    };
     let dispatcher = crate::dispatch::Dispatcher::with_channels(
         s.pool.clone(),
         settings,
@@ -221,7 +208,7 @@ async fn lead(
     let mut ctx = crate::ingest::alerts::AlertContext::from_settings(settings);
     // A first start from a past height is a backfill; resuming a cursor is
     // a catch-up, whose alerts are sent (marked late).
-    ctx.suppress_old = existing.is_none() && matches!(settings.ingest.start, StartAt::Height(_));
+    ctx.suppress_old = !existing && matches!(settings.ingest.start, StartAt::Height(_));
     let scheduler = crate::schedule::Scheduler {
         pool: s.pool.clone(),
         rpc: s.rpc.clone(),
@@ -263,7 +250,11 @@ async fn lead(
     let drained = delivering.await.context("the dispatcher task")?;
     scheduling.abort();
     let summary = followed.map_err(ingest_failure)?;
-    drained.context("delivering alerts")?;
+    if let Err(e) = drained {
+        // Stopping while the database is down: what is pending stays
+        // pending for the next leader.
+        tracing::warn!(error = %e, "could not drain pending deliveries before stopping");
+    }
     println!(
         "stopped at block {} ({} blocks, {} key rows, {} balance rows)",
         summary.last_height, summary.blocks, summary.key_rows, summary.balance_rows
@@ -280,9 +271,9 @@ fn outcome_of_stop(leadership: &Leadership) -> Led {
 }
 
 /// As the new leader: refuses a schema newer than this binary, migrates,
-/// checks every rpc url serves the configured chain, and upserts the
-/// config's accounts.
-async fn prepare(s: &Service) -> Result<(), Failure> {
+/// checks every rpc url serves the configured chain, upserts the config's
+/// accounts, and makes sure there is a cursor. Returns whether one existed.
+async fn prepare(s: &Service) -> Result<bool, Failure> {
     let mine = crate::store::MIGRATOR
         .iter()
         .map(|m| m.version)
@@ -306,7 +297,24 @@ async fn prepare(s: &Service) -> Result<(), Failure> {
         .verify_chain(&s.settings.rpc.chain_id)
         .await
         .context("checking the rpc node")?;
-    upsert_accounts(&s.settings, &s.pool, &s.rpc).await
+    upsert_accounts(&s.settings, &s.pool, &s.rpc).await?;
+    let existing = crate::store::cursor(&s.pool)
+        .await
+        .context("reading the cursor")?;
+    if let (Some(c), StartAt::Height(h)) = (&existing, s.settings.ingest.start)
+        && c.height + 1 != h
+    {
+        tracing::warn!(
+            cursor = c.height,
+            start = h,
+            "ingest.start is ignored: the cursor wins"
+        );
+    }
+    let cursor = init_cursor(&s.pool, &s.rpc, s.settings.ingest.start)
+        .await
+        .map_err(ingest_failure)?;
+    tracing::info!(cursor = cursor.height, "following the chain");
+    Ok(existing.is_some())
 }
 
 /// Whether a start-up failure is an outage to wait out (the database or
@@ -327,27 +335,40 @@ fn is_outage(e: &anyhow::Error) -> bool {
         {
             return crate::store::is_outage(e);
         }
+        // Transparent wrappers hide the inner error from the chain.
+        if let Some(e) = cause.downcast_ref::<IngestError>() {
+            return !e.is_fatal();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::ingest::baseline::TrackError>() {
+            use crate::ingest::baseline::TrackError;
+            return match e {
+                TrackError::Rpc { source, .. } => !source.is_wrong_chain(),
+                TrackError::Ingest(e) => !e.is_fatal(),
+                TrackError::Busy => true,
+                TrackError::Missing { .. } => false,
+            };
+        }
         false
     })
 }
 
 /// Runs `step` until it succeeds, waiting out database and rpc outages with
 /// backoff (the watchdog reports them meanwhile); bad input still ends
-/// `run`. False when stopped first.
-async fn patiently<F, Fut>(
+/// `run`. `None` when stopped first.
+async fn patiently<T, F, Fut>(
     s: &Service,
     mut stop: watch::Receiver<bool>,
     step: F,
-) -> Result<bool, Failure>
+) -> Result<Option<T>, Failure>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), Failure>>,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
 {
     let retry = &s.settings.rpc.client;
     let mut failures = 0;
     loop {
         match step().await {
-            Ok(()) => return Ok(true),
+            Ok(v) => return Ok(Some(v)),
             Err(Failure::Other(e)) if is_outage(&e) => {
                 failures += 1;
                 let dep = if e.chain().any(|c| c.is::<crate::rpc::RpcError>()) {
@@ -367,7 +388,7 @@ where
                     _ = stop.changed() => {}
                 }
                 if *stop.borrow() {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
             Err(e) => return Err(e),

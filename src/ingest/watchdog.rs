@@ -172,7 +172,9 @@ impl Watchdog {
             }
             _ => {}
         }
-        if state.blind.is_none() && snap.idle < self.after {
+        // Only a leader that is following pings: the outside service must
+        // page when nobody follows, not when a standby is alive.
+        if snap.role == Role::Leader && state.blind.is_none() && snap.idle < self.after {
             self.beat(&mut state.last_beat).await;
         }
     }

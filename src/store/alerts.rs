@@ -147,8 +147,8 @@ pub struct Delivery {
 const DELIVERY_COLUMNS: &str = "d.id as delivery_id, a.id as alert_id, a.dedup_key, d.channel, d.attempts, a.rule, a.severity, a.account_id,
     a.public_key, a.block_height, a.block_hash, a.block_time, a.title, a.details, a.created_at";
 
-/// Pending deliveries due now, locked for this transaction (other
-/// dispatchers skip them).
+/// Pending deliveries due now (skipping rows another transaction holds);
+/// each is locked again, one by one, when it is sent.
 pub async fn claim_due(
     tx: &mut PgConnection,
     now: chrono::DateTime<chrono::Utc>,
@@ -258,6 +258,26 @@ pub async fn stuck(
     .await?)
 }
 
+/// Critical deliveries pending since before `pending_before`, and
+/// deliveries that ended `failed` since `failed_since`: what `/ready`
+/// reports until it is resolved.
+pub async fn outbox_problems(
+    conn: &mut PgConnection,
+    pending_before: chrono::DateTime<chrono::Utc>,
+    failed_since: chrono::DateTime<chrono::Utc>,
+) -> Result<(i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "select count(*) filter (where d.status = 'pending' and a.severity = 'critical' and a.created_at < $1),
+                count(*) filter (where d.status = 'failed' and a.created_at >= $2)
+         from alert_deliveries d join alerts a on a.id = d.alert_id
+         where d.status in ('pending', 'failed')",
+    )
+    .bind(pending_before)
+    .bind(failed_since)
+    .fetch_one(conn)
+    .await?)
+}
+
 pub async fn mark_escalated(conn: &mut PgConnection, delivery_id: i64) -> Result<(), StoreError> {
     sqlx::query("update alert_deliveries set escalated = true where id = $1")
         .bind(delivery_id)
@@ -299,7 +319,7 @@ pub async fn record_attempt(
         "update alert_deliveries set attempts = attempts + 1, status = $2, last_error = coalesce($3, last_error),
             next_attempt_at = coalesce($4, next_attempt_at),
             delivered_at = case when $2 = 'delivered' then $5 else delivered_at end,
-            batch_id = coalesce($6, batch_id)
+            batch_id = $6
          where id = $1",
     )
     .bind(delivery_id)

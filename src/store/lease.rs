@@ -10,7 +10,7 @@ use crate::store::StoreError;
 pub struct Lease {
     pub holder: String,
     pub epoch: i64,
-    /// Seconds since the holder last renewed it (database clock).
+    /// Milliseconds since the holder last renewed it (database clock).
     pub age_ms: i64,
 }
 
@@ -65,6 +65,18 @@ pub async fn take(
             .await?)
         }
     }
+}
+
+/// Whether the holder still has a session open. A killed process's
+/// sessions end with it (its sockets close), so a standby need not wait for
+/// the lease to age; a frozen one keeps them, and the lease's age decides.
+pub async fn holder_connected(conn: &mut PgConnection, holder: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select exists(select 1 from pg_stat_activity where application_name = $1)",
+    )
+    .bind(holder)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// Renews the lease; false when `epoch` is no longer the current one.

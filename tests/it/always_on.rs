@@ -238,7 +238,7 @@ async fn a_60_second_rpc_outage_is_mailed_while_it_lasts_and_run_catches_up(pool
         .find(|m| m.header("Subject").unwrap().contains("keywatch is blind"))
         .unwrap();
     assert!(
-        stalled.data.contains("rpc unreachable"),
+        stalled.data.contains("rpc failing: "),
         "says why: {}",
         stalled.data
     );
