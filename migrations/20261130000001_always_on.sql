@@ -17,3 +17,9 @@ alter table watched_accounts add column fix_requested_at timestamptz;
 
 -- /ready reports deliveries that ended `failed` (recently) until resolved
 create index alert_deliveries_failed on alert_deliveries (alert_id) where status = 'failed';
+
+-- true from a first start at a past height until the follower first reaches
+-- the head: alerts for blocks older than notify.max_age are suppressed then
+-- (a backfill), but not in a catch-up after downtime. kept here so a
+-- restart in the middle of a backfill still suppresses.
+alter table ingest_cursor add column from_history boolean not null default false;

@@ -193,9 +193,9 @@ async fn lead(
     let settings = &s.settings;
     let stop = either(stop, leadership.deposed.clone());
     // Only the leader migrates; an older binary does not lead a newer schema.
-    let Some(existing) = patiently(s, stop.clone(), || prepare(s)).await? else {
+    if patiently(s, stop.clone(), || prepare(s)).await?.is_none() {
         return Ok(outcome_of_stop(leadership));
-    };
+    }
     let dispatcher = crate::dispatch::Dispatcher::with_channels(
         s.pool.clone(),
         settings,
@@ -205,10 +205,15 @@ async fn lead(
     .with_health(s.health.clone());
     let (stop_dispatch, dispatch_rx) = watch::channel(false);
     let delivering = tokio::spawn(async move { dispatcher.run(dispatch_rx, drain_timeout).await });
-    let mut ctx = crate::ingest::alerts::AlertContext::from_settings(settings);
+    let ctx = crate::ingest::alerts::AlertContext::from_settings(settings);
     // A first start from a past height is a backfill; resuming a cursor is
     // a catch-up, whose alerts are sent (marked late).
-    ctx.suppress_old = !existing && matches!(settings.ingest.start, StartAt::Height(_));
+    ctx.suppress_old.store(
+        crate::store::from_history(&s.pool)
+            .await
+            .context("reading the cursor")?,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let scheduler = crate::schedule::Scheduler {
         pool: s.pool.clone(),
         rpc: s.rpc.clone(),
@@ -272,8 +277,8 @@ fn outcome_of_stop(leadership: &Leadership) -> Led {
 
 /// As the new leader: refuses a schema newer than this binary, migrates,
 /// checks every rpc url serves the configured chain, upserts the config's
-/// accounts, and makes sure there is a cursor. Returns whether one existed.
-async fn prepare(s: &Service) -> Result<bool, Failure> {
+/// accounts, and makes sure there is a cursor.
+async fn prepare(s: &Service) -> Result<(), Failure> {
     let mine = crate::store::MIGRATOR
         .iter()
         .map(|m| m.version)
@@ -314,7 +319,7 @@ async fn prepare(s: &Service) -> Result<bool, Failure> {
         .await
         .map_err(ingest_failure)?;
     tracing::info!(cursor = cursor.height, "following the chain");
-    Ok(existing.is_some())
+    Ok(())
 }
 
 /// Whether a start-up failure is an outage to wait out (the database or

@@ -27,11 +27,12 @@ pub struct AlertContext {
     pub channels: Vec<&'static str>,
     /// Older blocks' alerts are recorded as suppressed, when `suppress_old`.
     pub max_age: Duration,
-    /// True for `backfill` and a first start from a past height; false when
-    /// `run` resumes an existing cursor: blocks missed while keywatch was
-    /// down or blind happened while the user counted on it, so their alerts
-    /// are sent, marked late.
-    pub suppress_old: bool,
+    /// True for `backfill` and a first start from a past height until the
+    /// head is first reached; false when following or catching up: blocks
+    /// missed while keywatch was down or blind happened while the user
+    /// counted on it, so their alerts are sent, marked late. Shared, so the
+    /// follower can turn it off when it reaches the head.
+    pub suppress_old: Arc<std::sync::atomic::AtomicBool>,
     /// Wall clock, injected (only `max_age` uses it).
     pub now: Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>,
 }
@@ -59,7 +60,7 @@ impl AlertContext {
             per_account,
             channels,
             max_age: s.notify.max_age,
-            suppress_old: true,
+            suppress_old: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             now: Arc::new(chrono::Utc::now),
         }
     }
@@ -96,10 +97,11 @@ pub async fn queue(
 ) -> Result<usize, IngestError> {
     let block_time = ns_to_time(header.timestamp_ns);
     let now = (ctx.now)();
-    let recent = !ctx.suppress_old
+    let suppress_old = ctx.suppress_old.load(std::sync::atomic::Ordering::Relaxed);
+    let recent = !suppress_old
         || block_time
             >= now - chrono::Duration::from_std(ctx.max_age).unwrap_or(chrono::Duration::MAX);
-    let late = !ctx.suppress_old
+    let late = !suppress_old
         && block_time < now - chrono::Duration::from_std(LATE_AFTER).unwrap_or_default();
     let hash = header.hash.to_string();
     let at = Decided {

@@ -357,6 +357,9 @@ pub async fn init_cursor(
     }
     store::insert_block(&mut tx, &parent).await?;
     store::advance_cursor(&mut tx, &parent).await?;
+    if matches!(start, StartAt::Height(_)) {
+        store::set_from_history(&mut *tx, true).await?;
+    }
     let cursor = Cursor {
         height: parent.height,
         hash: parent.hash.to_string(),

@@ -227,6 +227,14 @@ pub async fn follow_into(
             if let Some(h) = health {
                 h.caught_up(&cursor, final_head.height);
             }
+            if let Some(ctx) = alerts
+                && ctx
+                    .suppress_old
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                // At the head: from now on, missed blocks are a catch-up.
+                store::set_from_history(pool, false).await?;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(opts.poll_interval) => {}
                 _ = stop.changed() => {}

@@ -194,3 +194,25 @@ pub async fn record_reconcile(
     .await?;
     Ok(())
 }
+
+/// Whether ingestion is still working through a past range it was started
+/// at (a backfill), rather than following or catching up.
+pub async fn from_history(exec: impl sqlx::PgExecutor<'_>) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar::<_, bool>("select from_history from ingest_cursor where id = 1")
+            .fetch_optional(exec)
+            .await?
+            .unwrap_or(false),
+    )
+}
+
+pub async fn set_from_history(
+    exec: impl sqlx::PgExecutor<'_>,
+    value: bool,
+) -> Result<(), StoreError> {
+    sqlx::query("update ingest_cursor set from_history = $1 where id = 1 and from_history <> $1")
+        .bind(value)
+        .execute(exec)
+        .await?;
+    Ok(())
+}

@@ -714,3 +714,55 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_leader(pool: PgPoo
         "one Message-ID per alert (or digest)"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_start_from_a_past_height_suppresses_old_alerts_until_it_first_reaches_the_head(
+    pool: PgPool,
+) {
+    use keywatch::config::StartAt;
+    use keywatch::ingest::alerts::AlertContext;
+    use keywatch::ingest::follower::{FollowOptions, follow};
+    use std::sync::atomic::Ordering;
+    let sim = Simulator::start(big_scenario(60), SimOptions::default())
+        .await
+        .unwrap();
+    sim.advance_to(START + 40);
+    let rpc = crate::ingest::client(&sim.url());
+    keywatch::ingest::baseline::init_cursor(&pool, &rpc, StartAt::Height(START + 1))
+        .await
+        .unwrap();
+    assert!(
+        keywatch::store::from_history(&pool).await.unwrap(),
+        "a first start from a past height is a backfill"
+    );
+    let settings = keywatch::config::Settings::from_toml(
+        "[rpc]\nurls = [\"http://127.0.0.1:1/\"]\nchain_id = \"localnet\"\n",
+        std::path::Path::new("t.toml"),
+        &Default::default(),
+    )
+    .unwrap();
+    let ctx = AlertContext::from_settings(&settings);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let following = {
+        let (pool, ctx) = (pool.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let opts = FollowOptions {
+                poll_interval: Duration::from_millis(20),
+                ..FollowOptions::default()
+            };
+            follow(&pool, &rpc, &opts, Some(&ctx), stop).await.unwrap()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while keywatch::store::from_history(&pool).await.unwrap() {
+        assert!(Instant::now() < deadline, "never reached the head");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send_replace(true);
+    let summary = following.await.unwrap();
+    assert!(summary.last_height >= START + 30);
+    assert!(
+        !ctx.suppress_old.load(Ordering::Relaxed),
+        "at the head, missed blocks become a catch-up"
+    );
+}

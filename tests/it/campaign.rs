@@ -151,9 +151,20 @@ async fn the_fault_campaign_keeps_history_exact_and_every_alert_delivered_once()
     let mut stall_mailed = Vec::new();
     let mut takeovers = Vec::new();
     let started = Instant::now();
+    // kills land at a random moment within 5 s of their slot
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(2026);
     for cycle in 0..cycles {
         let cycle_start = Instant::now();
-        let mut events = EVENTS.iter().peekable();
+        let timeline: Vec<(u64, Event)> = EVENTS
+            .iter()
+            .map(|&(at, e)| match e {
+                Event::KillLeader | Event::KillAny => {
+                    (at + rand::RngExt::random_range(&mut rng, 0..5), e)
+                }
+                _ => (at, e),
+            })
+            .collect();
+        let mut events = timeline.iter().peekable();
         while cycle_start.elapsed() < CYCLE {
             if let Some((at, event)) = events.peek()
                 && cycle_start.elapsed() >= Duration::from_secs(*at)
