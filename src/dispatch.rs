@@ -3,9 +3,12 @@
 //! most one duplicate (carrying the same Message-ID / delivery key), never a
 //! loss. Critical alerts go out one by one at once; when warning/info alerts
 //! for a channel outrun `batch_after` per `batch_interval`, they go out as
-//! one message per interval. Transient failures are retried with
-//! exponential backoff and jitter up to `max_attempts`; permanent ones fail
-//! at once. Every attempt is recorded.
+//! one message per interval (late ones after a catch-up as one digest).
+//! Transient failures are retried with exponential backoff and jitter, up to
+//! `max_attempts` for warning/info alerts and for as long as it takes for
+//! critical ones; permanent ones fail at once. Every attempt is recorded.
+//! A delivery that failed, or a critical one pending past `escalate_after`,
+//! raises `delivery_failing` on the other channels.
 
 use std::sync::Arc;
 use std::time::Duration;
