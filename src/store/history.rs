@@ -275,36 +275,46 @@ pub fn account_state(account: &str, c: AccountColumns) -> Result<AccountState, S
     })
 }
 
+/// An account row with its `deleted` flag, as `current_accounts` and
+/// `balance_events` both store it.
+type StateRow = (
+    Option<BigDecimal>,
+    Option<BigDecimal>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
+
+/// `None` for a row recording a deletion, else the state it holds.
+fn state_or_deleted(
+    account: &AccountId,
+    row: StateRow,
+) -> Result<Option<AccountState>, StoreError> {
+    match row {
+        (.., true) => Ok(None),
+        (amount, locked, storage, code, gch, gca, false) => Ok(Some(account_state(
+            account.as_str(),
+            (amount, locked, storage, code, gch, gca),
+        )?)),
+    }
+}
+
 /// The end-of-block state of a watched account: `None` if unknown,
 /// `Some(None)` if deleted.
 pub async fn load_account(
     conn: &mut PgConnection,
     account: &AccountId,
 ) -> Result<Option<Option<AccountState>>, StoreError> {
-    type Row = (
-        Option<BigDecimal>,
-        Option<BigDecimal>,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        bool,
-    );
-    let row: Option<Row> = sqlx::query_as(
+    let row: Option<StateRow> = sqlx::query_as(
         "select amount, locked, storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted
          from current_accounts where account_id = $1",
     )
     .bind(account.as_str())
     .fetch_optional(conn)
     .await?;
-    match row {
-        None => Ok(None),
-        Some((.., true)) => Ok(Some(None)),
-        Some((amount, locked, storage, code, gch, gca, false)) => Ok(Some(Some(account_state(
-            account.as_str(),
-            (amount, locked, storage, code, gch, gca),
-        )?))),
-    }
+    row.map(|r| state_or_deleted(account, r)).transpose()
 }
 
 /// The account's state at the end of block `height` from history, within
@@ -315,20 +325,11 @@ pub async fn account_at(
     account: &AccountId,
     height: u64,
 ) -> Result<Option<Option<AccountState>>, StoreError> {
-    type Row = (
-        Option<BigDecimal>,
-        Option<BigDecimal>,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        bool,
-    );
     let Some(from) = crate::store::keys::span_start(conn, account, height).await? else {
         return Ok(None);
     };
     // As in keys_at: a baseline or reconcile row states the end of its block.
-    let row: Option<Row> = sqlx::query_as(
+    let row: Option<StateRow> = sqlx::query_as(
         "select amount, locked, storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted
          from balance_events where account_id = $1 and block_height between $2 and $3
          order by block_height desc, case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc,
@@ -340,12 +341,5 @@ pub async fn account_at(
     .bind(crate::store::convert::height_to_i64("height", height)?)
     .fetch_optional(conn)
     .await?;
-    match row {
-        None => Ok(None),
-        Some((.., true)) => Ok(Some(None)),
-        Some((amount, locked, storage, code, gch, gca, false)) => Ok(Some(Some(account_state(
-            account.as_str(),
-            (amount, locked, storage, code, gch, gca),
-        )?))),
-    }
+    row.map(|r| state_or_deleted(account, r)).transpose()
 }
