@@ -133,6 +133,11 @@ pub async fn backfill(config: &Path, from: u64, to: Option<u64>) -> CmdResult {
     Ok(())
 }
 
+/// How long `reconcile` waits for the running leader to answer.
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Checks every account (or those named) against the chain: inside the
+/// running leader when there is one, here otherwise.
 pub async fn reconcile(config: &Path, raw: &[String]) -> CmdResult {
     let accounts = raw
         .iter()
@@ -140,13 +145,36 @@ pub async fn reconcile(config: &Path, raw: &[String]) -> CmdResult {
         .collect::<Result<Vec<_>, _>>()?;
     let settings = load_settings(config)?;
     let (pool, rpc) = connect_rpc(&settings).await?;
-    let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
-    let report = crate::ingest::reconcile::reconcile(&pool, &rpc, &accounts, Some(&ctx))
+    crate::ingest::reconcile::accounts_to_check(&pool, &accounts)
         .await
         .map_err(|e| match e {
             IngestError::NotWatched(_) => bad_input(e),
             other => ingest_failure(other),
         })?;
+    let mut conn = pool.acquire().await.context("connecting to the database")?;
+    let leader = crate::store::lease::live_holder(&mut conn, settings.ingest.takeover_after)
+        .await
+        .context("reading the leader lease")?;
+    drop(conn);
+    let report = match leader {
+        // The leader runs it on what following leaves of the budget.
+        Some(holder) => {
+            crate::ingest::requests::reconcile_in_leader(&pool, &holder, &accounts, REQUEST_WAIT)
+                .await
+                .map_err(|e| Failure::Other(e.into()))?
+                .map_err(|e| {
+                    Failure::Other(anyhow::anyhow!(
+                        "the running leader's reconcile failed: {e}"
+                    ))
+                })?
+        }
+        None => {
+            let ctx = crate::ingest::alerts::AlertContext::from_settings(&settings);
+            crate::ingest::reconcile::reconcile(&pool, &rpc, &accounts, Some(&ctx))
+                .await
+                .map_err(ingest_failure)?
+        }
+    };
     for d in &report.differences {
         println!("drift on {}: {}", d.account, d.what);
     }

@@ -227,6 +227,13 @@ async fn lead(
         let stop = stop.clone();
         tokio::spawn(async move { scheduler.run(stop).await })
     };
+    let requests = crate::ingest::requests::Server {
+        pool: s.pool.clone(),
+        rpc: s.rpc.background(),
+        alerts: ctx.clone(),
+        me: s.me.clone(),
+    };
+    let serving_requests = tokio::spawn(requests.run(stop.clone()));
     let opts = FollowOptions {
         health: Some(s.health.clone()),
         epoch: Some(leadership.epoch),
@@ -244,6 +251,7 @@ async fn lead(
         stop_dispatch.send_replace(true);
         delivering.abort();
         scheduling.abort();
+        serving_requests.abort();
         return Ok(Led::Deposed);
     }
     if followed.is_ok()
@@ -254,6 +262,7 @@ async fn lead(
     stop_dispatch.send_replace(true);
     let drained = delivering.await.context("the dispatcher task")?;
     scheduling.abort();
+    serving_requests.abort();
     let summary = followed.map_err(ingest_failure)?;
     if let Err(e) = drained {
         // Stopping while the database is down: what is pending stays

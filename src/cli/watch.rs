@@ -1,8 +1,10 @@
 //! `keywatch watch add|remove|list`.
 //!
 //! `add` validates every id and key first (exit 2, nothing written), then
-//! starts tracking through [`crate::ingest::baseline::start_tracking`]: the
-//! baselines are read at the cursor's block and written under its lock.
+//! starts tracking: with `run` leading, its follower reads the baselines
+//! between two blocks ([`crate::ingest::baseline::ask_follower`]); with none,
+//! they are read here at the cursor's block and written under its lock
+//! ([`crate::ingest::baseline::start_tracking`]).
 
 use std::path::Path;
 
@@ -12,7 +14,7 @@ use crate::cli::{
     CmdResult, Failure, WatchCommand, bad_input, connect, connect_rpc, load_settings,
 };
 use crate::domain::{AccountId, PublicKey};
-use crate::ingest::baseline::start_tracking;
+use crate::ingest::baseline::{ask_follower, start_tracking};
 use crate::store;
 use crate::store::watch::{AddOutcome, NewWatch};
 
@@ -73,8 +75,17 @@ async fn add(
             allow_missing,
         })
         .collect();
-    let outcomes =
-        start_tracking(&pool, &rpc, &settings.rpc.chain_id, &watches, allow_missing).await?;
+    let mut conn = pool.acquire().await.context("connecting to the database")?;
+    let leader = store::lease::live_holder(&mut conn, settings.ingest.takeover_after)
+        .await
+        .context("reading the leader lease")?;
+    drop(conn);
+    let chain = &settings.rpc.chain_id;
+    let outcomes = match leader {
+        // The running follower reads the baselines between two blocks.
+        Some(_) => ask_follower(&pool, &rpc, chain, &watches, allow_missing).await?,
+        None => start_tracking(&pool, &rpc, chain, &watches, allow_missing).await?,
+    };
     for t in outcomes {
         let account = &t.account;
         match t.outcome {

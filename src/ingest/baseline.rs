@@ -24,6 +24,9 @@ const CURSOR_RACE_ATTEMPTS: usize = 2;
 /// baselines it was handed.
 pub const FOLLOWER_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// How often `watch add` re-reads its accounts without being woken.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads an account's keys (every page) and balance at `block`; an account
 /// that does not exist there has an empty baseline.
 pub async fn read_baseline(
@@ -188,13 +191,68 @@ pub async fn start_tracking(
     hand_to_follower(pool, watches, &reads).await
 }
 
+/// `watch add` beside a running leader: checks the accounts exist at the
+/// final block, then hands them to the follower, which reads their
+/// baselines at its cursor between two blocks ([`ensure_baselines`]).
+pub async fn ask_follower(
+    pool: &PgPool,
+    rpc: &RpcClient,
+    chain: &str,
+    watches: &[NewWatch],
+    allow_missing: bool,
+) -> Result<Vec<Tracked>, TrackError> {
+    let mut reads = Vec::new();
+    for w in watches {
+        let state = rpc
+            .view_account_opt(&BlockRef::Final, &w.account_id)
+            .await
+            .map_err(|source| TrackError::Rpc {
+                account: w.account_id.clone(),
+                at: "the final block".to_owned(),
+                source,
+            })?;
+        reads.push(Baseline {
+            account: state.map(|(s, _)| s),
+            keys: vec![],
+        });
+    }
+    let mut conn = pool.acquire().await.map_err(IngestError::from)?;
+    let mut missing = Vec::new();
+    for (w, b) in watches.iter().zip(&reads) {
+        if b.account.is_none()
+            && !store::watch::is_watched(&mut conn, &w.account_id)
+                .await
+                .map_err(IngestError::from)?
+        {
+            missing.push(w.account_id.to_string());
+        }
+    }
+    drop(conn);
+    if !missing.is_empty() && !allow_missing {
+        return Err(TrackError::Missing {
+            missing,
+            chain: chain.to_owned(),
+            at: "the final block".to_owned(),
+        });
+    }
+    hand_to_follower(pool, watches, &reads).await
+}
+
 /// Adds the accounts without a baseline and waits for the running follower
-/// to read it ([`ensure_baselines`]).
+/// to read it ([`ensure_baselines`]): woken by its notification, listened
+/// for before the accounts are added.
 async fn hand_to_follower(
     pool: &PgPool,
     watches: &[NewWatch],
     reads: &[Baseline],
 ) -> Result<Vec<Tracked>, TrackError> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .map_err(IngestError::from)?;
+    listener
+        .listen(store::requests::BASELINES)
+        .await
+        .map_err(IngestError::from)?;
     let mut tx = pool.begin().await.map_err(IngestError::from)?;
     let mut outcomes = Vec::new();
     for (w, read) in watches.iter().zip(reads) {
@@ -213,42 +271,57 @@ async fn hand_to_follower(
     let mut out = Vec::new();
     for (w, outcome) in watches.iter().zip(outcomes) {
         loop {
-            let mut conn = pool.acquire().await.map_err(IngestError::from)?;
-            let entry = store::watch::get(&mut conn, &w.account_id)
-                .await
-                .map_err(IngestError::from)?;
-            let tracked = match (&outcome, entry.and_then(|e| e.baseline_height)) {
-                (AddOutcome::Updated, _) => Some(outcome.clone()),
-                (_, Some(h)) => Some(AddOutcome::Tracked { baseline_height: h }),
-                (_, None) => None,
-            };
-            if let Some(outcome) = tracked {
-                let keys = crate::store::keys::load_state(&mut conn, &w.account_id)
-                    .await
-                    .map_err(IngestError::from)?
-                    .len();
-                let exists = matches!(
-                    crate::store::history::load_account(&mut conn, &w.account_id)
-                        .await
-                        .map_err(IngestError::from)?,
-                    Some(Some(_))
-                );
-                out.push(Tracked {
-                    account: w.account_id.clone(),
-                    keys,
-                    exists,
-                    outcome,
-                });
+            if let Some(tracked) = handed_over(pool, &w.account_id, &outcome).await? {
+                out.push(tracked);
                 break;
             }
-            drop(conn);
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(TrackError::Busy);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            // A wake-up only: the rows say whether our accounts are done.
+            if let Ok(Err(e)) =
+                tokio::time::timeout(RECHECK_EVERY.min(deadline - now), listener.recv()).await
+            {
+                tracing::debug!(error = %e, "listening for baselines");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
         }
     }
     Ok(out)
+}
+
+/// The account as the follower left it, once its baseline is written.
+async fn handed_over(
+    pool: &PgPool,
+    account: &AccountId,
+    added: &AddOutcome,
+) -> Result<Option<Tracked>, TrackError> {
+    let mut conn = pool.acquire().await.map_err(IngestError::from)?;
+    let entry = store::watch::get(&mut conn, account)
+        .await
+        .map_err(IngestError::from)?;
+    let outcome = match (added, entry.and_then(|e| e.baseline_height)) {
+        (AddOutcome::Updated, _) => added.clone(),
+        (_, Some(h)) => AddOutcome::Tracked { baseline_height: h },
+        (_, None) => return Ok(None),
+    };
+    let keys = store::keys::load_state(&mut conn, account)
+        .await
+        .map_err(IngestError::from)?
+        .len();
+    let exists = matches!(
+        store::history::load_account(&mut conn, account)
+            .await
+            .map_err(IngestError::from)?,
+        Some(Some(_))
+    );
+    Ok(Some(Tracked {
+        account: account.clone(),
+        keys,
+        exists,
+        outcome,
+    }))
 }
 
 /// Reads baselines for accounts still waiting for one (added before the
@@ -277,6 +350,7 @@ pub async fn ensure_baselines(pool: &PgPool, rpc: &RpcClient) -> Result<usize, I
             store::watch::write_baseline(&mut tx, account, &cursor, baseline, "baseline").await?;
             tracing::info!(%account, height = cursor.height, keys = baseline.keys.len(), "baseline read");
         }
+        store::requests::baselines_written(&mut tx).await?;
         tx.commit().await?;
         return Ok(pending.len());
     }
@@ -371,6 +445,7 @@ pub async fn init_cursor(
         store::watch::write_baseline(&mut tx, account, &cursor, &reads[account], "baseline")
             .await?;
     }
+    store::requests::baselines_written(&mut tx).await?;
     tx.commit().await?;
     tracing::info!(
         first = first.height,

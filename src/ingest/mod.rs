@@ -7,6 +7,7 @@
 //! - [`apply`]: one block in one transaction, with the cursor advance.
 //! - [`follower`]: the loop behind `run` and `backfill`.
 //! - [`reconcile`]: stored state against the chain at a height the cursor has reached.
+//! - [`requests`]: work another process asks the running leader to do.
 //! - [`supervise`]: `run`'s follower, kept going through rpc and database outages.
 //! - [`watchdog`]: `ingest_stalled` and `ingest_recovered`, even with the database down.
 
@@ -18,6 +19,7 @@ pub mod follower;
 pub mod headers;
 pub mod reconcile;
 pub mod replay;
+pub mod requests;
 pub mod supervise;
 pub mod watchdog;
 

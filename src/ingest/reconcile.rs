@@ -22,7 +22,7 @@ use crate::store::keys::{
 };
 use crate::store::{self, Cursor};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Difference {
     pub account: AccountId,
     /// The key that differs (None for the balance).
@@ -30,7 +30,7 @@ pub struct Difference {
     pub what: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub height: u64,
     pub accounts: usize,
@@ -43,7 +43,7 @@ const FIX_ATTEMPTS: usize = 2;
 
 /// The accounts to check: every tracked one, or `only`, each of which must
 /// be watched.
-async fn accounts_to_check(
+pub async fn accounts_to_check(
     pool: &PgPool,
     only: &[AccountId],
 ) -> Result<Vec<AccountId>, IngestError> {

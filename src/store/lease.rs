@@ -150,3 +150,21 @@ pub async fn behind_transaction_pooler(conn: &mut PgConnection) -> Result<bool, 
     }
     Ok(pids.windows(2).any(|w| w[0] != w[1]))
 }
+
+/// The holder of a lease that is being renewed (younger than `stale_after`)
+/// by a process that still has a session: a leader another process can ask
+/// to do work. `None` with no lease table yet.
+pub async fn live_holder(
+    conn: &mut PgConnection,
+    stale_after: std::time::Duration,
+) -> Result<Option<String>, StoreError> {
+    if !table_exists(conn).await? {
+        return Ok(None);
+    }
+    match read(conn).await? {
+        Some(l) if (l.age_ms.max(0) as u128) < stale_after.as_millis() => {
+            Ok(holder_connected(conn, &l.holder).await?.then_some(l.holder))
+        }
+        _ => Ok(None),
+    }
+}

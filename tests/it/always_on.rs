@@ -486,6 +486,18 @@ async fn reconcile_and_watch_add_from_another_process_succeed_while_run_follows_
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // it ran inside the leader (on the budget following leaves), not here
+    let (claimed_by, finished): (Option<String>, bool) = sqlx::query_as(
+        "select claimed_by, finished_at is not null from requests where kind = 'reconcile'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let leader: String = sqlx::query_scalar("select holder from leader_lease")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((claimed_by, finished), (Some(leader), true));
     let started = Instant::now();
     let more = [
         "acc100.sim.near",

@@ -811,3 +811,91 @@ async fn reconcile_records_and_corrects_drift(pool: PgPool) {
         .unwrap();
     assert_eq!(runs, 2);
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_reconcile_asked_of_the_leader_is_run_there_and_answered(pool: PgPool) {
+    use keywatch::ingest::requests::{AskError, Server, ask_leader, reconcile_in_leader};
+    use keywatch::store::requests::{self, Kind};
+    use std::time::Duration;
+    let sim = Simulator::start(big_scenario(60), SimOptions::default())
+        .await
+        .unwrap();
+    let rpc = client(&sim.url());
+    tracked_from_start(&pool, &sim, &rpc, &[0, 2]).await;
+    follow(&pool, &rpc, &opts(), None, no_stop()).await.unwrap();
+    sqlx::query(
+        "update current_accounts set amount = amount + 1 where account_id = 'acc2.sim.near'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // nobody serves requests yet: the asker gives up, the request stays queued
+    let err = ask_leader(
+        &pool,
+        "leader-test",
+        Kind::Reconcile,
+        &["acc0.sim.near".to_owned()],
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap_err();
+    let AskError::Timeout { id: queued, .. } = err else {
+        panic!("expected a timeout, got {err}");
+    };
+    assert!(err.to_string().contains("stays queued"), "{err}");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(
+        Server {
+            pool: pool.clone(),
+            rpc: rpc.background(),
+            alerts: keywatch::ingest::alerts::AlertContext::from_settings(
+                &keywatch::config::Settings::from_toml(
+                    &format!("[rpc]\nurls = [\"{}\"]\nchain_id = \"localnet\"", sim.url()),
+                    std::path::Path::new("test.toml"),
+                    &Default::default(),
+                )
+                .unwrap(),
+            ),
+            me: "leader-test".to_owned(),
+        }
+        .run(stopped),
+    );
+    let report = reconcile_in_leader(&pool, "leader-test", &[acc(2)], Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let cursor = keywatch::store::cursor(&pool).await.unwrap().unwrap();
+    assert_eq!((report.height, report.accounts), (cursor.height, 1));
+    assert_eq!(report.differences.len(), 1, "{:?}", report.differences);
+    assert_eq!(report.differences[0].account, acc(2));
+    assert!(
+        report.differences[0].what.contains("balance"),
+        "{:?}",
+        report.differences
+    );
+    // the request queued before the server started was run too, first
+    let mut conn = pool.acquire().await.unwrap();
+    let earlier = requests::get(&mut conn, queued).await.unwrap().unwrap();
+    let Some(Ok(answer)) = earlier.answer else {
+        panic!("the queued request was not answered: {earlier:?}");
+    };
+    assert_eq!(answer["differences"], serde_json::json!([]));
+    // an account the leader cannot parse is an error answer, not a crash
+    let (_, answer) = ask_leader(
+        &pool,
+        "leader-test",
+        Kind::Reconcile,
+        &["NOT AN ACCOUNT".to_owned()],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(
+        answer
+            .as_ref()
+            .is_err_and(|e| e.contains("invalid account id")),
+        "{answer:?}"
+    );
+    stop.send_replace(true);
+    server.await.unwrap();
+}

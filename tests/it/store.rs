@@ -444,3 +444,115 @@ async fn the_cursor_only_moves_forward(pool: PgPool) {
         .unwrap();
     assert!(deleted);
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_request_is_claimed_once_by_its_leader_and_again_by_the_next(pool: PgPool) {
+    use keywatch::store::requests::{self, Kind};
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen_all([requests::ASKED, requests::DONE])
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let id = requests::ask(&mut conn, Kind::Reconcile, &["alice.near".to_owned()])
+        .await
+        .unwrap();
+    let asked = listener.recv().await.unwrap();
+    assert_eq!(
+        (asked.channel(), asked.payload()),
+        (requests::ASKED, id.to_string().as_str())
+    );
+    let claimed = requests::claim_next(&mut conn, "leader-a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            claimed.id,
+            claimed.kind,
+            claimed.accounts.as_slice(),
+            claimed.answer
+        ),
+        (
+            id,
+            Kind::Reconcile,
+            ["alice.near".to_owned()].as_slice(),
+            None
+        )
+    );
+    // the leader running it does not claim it twice
+    assert_eq!(
+        requests::claim_next(&mut conn, "leader-a").await.unwrap(),
+        None
+    );
+    // a leader that took over runs what its predecessor left unfinished
+    let again = requests::claim_next(&mut conn, "leader-b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.id, id);
+    let answer = serde_json::json!({"height": 7});
+    requests::finish(&mut conn, id, Ok(&answer)).await.unwrap();
+    let done = listener.recv().await.unwrap();
+    assert_eq!(
+        (done.channel(), done.payload()),
+        (requests::DONE, id.to_string().as_str())
+    );
+    let read = requests::get(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(read.answer, Some(Ok(answer)));
+    // finished requests are not claimed again
+    assert_eq!(
+        requests::claim_next(&mut conn, "leader-c").await.unwrap(),
+        None
+    );
+    let failed = requests::ask(&mut conn, Kind::Reconcile, &[])
+        .await
+        .unwrap();
+    requests::finish(&mut conn, failed, Err("rpc failing"))
+        .await
+        .unwrap();
+    assert_eq!(
+        requests::get(&mut conn, failed)
+            .await
+            .unwrap()
+            .unwrap()
+            .answer,
+        Some(Err("rpc failing".to_owned()))
+    );
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn only_a_renewed_lease_with_a_session_is_a_live_leader(pool: PgPool) {
+    use keywatch::store::lease;
+    use std::time::Duration;
+    let mut conn = pool.acquire().await.unwrap();
+    let after = Duration::from_secs(10);
+    assert_eq!(lease::live_holder(&mut conn, after).await.unwrap(), None);
+    // a holder whose session is this very connection
+    sqlx::query("set application_name = 'keywatch-test-holder'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    lease::take(&mut conn, "keywatch-test-holder", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        lease::live_holder(&mut conn, after).await.unwrap(),
+        Some("keywatch-test-holder".to_owned())
+    );
+    // stale: not renewed for longer than takeover_after
+    sqlx::query("update leader_lease set renewed_at = now() - interval '1 minute'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(lease::live_holder(&mut conn, after).await.unwrap(), None);
+    // renewed, but the holder's sessions are gone
+    sqlx::query("update leader_lease set renewed_at = now(), holder = 'keywatch-gone'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(lease::live_holder(&mut conn, after).await.unwrap(), None);
+}

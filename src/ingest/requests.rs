@@ -1,0 +1,202 @@
+//! Work another process hands to the running leader: `keywatch reconcile`
+//! from the command line runs inside the leader, on the request budget
+//! following leaves ([`RpcClient::background`]), so it neither races the
+//! follower nor spends a second budget against the same provider.
+//!
+//! The asker ([`ask_leader`]) listens for answers before it inserts the
+//! request; the leader ([`Server`]) listens for requests and also sweeps
+//! for open ones, so a notification lost to a reconnect costs a sweep, and a
+//! request a former leader claimed and never finished is run by the next.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use crate::domain::AccountId;
+use crate::ingest::alerts::AlertContext;
+use crate::ingest::reconcile::{Report, reconcile};
+use crate::rpc::RpcClient;
+use crate::store::StoreError;
+use crate::store::requests::{self, ASKED, DONE, Kind, Request};
+
+/// How often the leader looks for open requests without being woken.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often an asker re-reads its request without being woken.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs requests inside the leader until `stop`.
+pub struct Server {
+    pub pool: PgPool,
+    /// The background lane: following has first claim on the budget.
+    pub rpc: RpcClient,
+    pub alerts: AlertContext,
+    /// This process's lease name: requests it claimed are its own.
+    pub me: String,
+}
+
+impl Server {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut listener: Option<PgListener> = None;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if listener.is_none() {
+                listener = match listen(&self.pool, ASKED).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for requests; sweeping for them instead");
+                        None
+                    }
+                };
+            }
+            if let Err(e) = self.serve_open().await {
+                tracing::warn!(error = %e, "serving requests");
+            }
+            let woken = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = woken => if r.is_err() { listener = None },
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn serve_open(&self) -> Result<(), StoreError> {
+        loop {
+            let mut conn = self.pool.acquire().await?;
+            let Some(request) = requests::claim_next(&mut conn, &self.me).await? else {
+                return Ok(());
+            };
+            drop(conn);
+            tracing::info!(
+                id = request.id,
+                kind = request.kind.as_str(),
+                "running a request"
+            );
+            let answer = self.answer(&request).await;
+            if let Err(e) = &answer {
+                tracing::warn!(id = request.id, error = %e, "request failed");
+            }
+            let mut conn = self.pool.acquire().await?;
+            requests::finish(
+                &mut conn,
+                request.id,
+                answer.as_ref().map_err(String::as_str),
+            )
+            .await?;
+        }
+    }
+
+    async fn answer(&self, request: &Request) -> Result<serde_json::Value, String> {
+        match request.kind {
+            Kind::Reconcile => {
+                let accounts = request
+                    .accounts
+                    .iter()
+                    .map(|a| AccountId::parse(a).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let report = reconcile(&self.pool, &self.rpc, &accounts, Some(&self.alerts))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                serde_json::to_value(report).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+/// Why the leader gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the running leader {holder} has not answered request {id} within {}s; it stays queued and the leader will still run it (see `select * from requests where id = {id}`)",
+        .waited.as_secs()
+    )]
+    Timeout {
+        id: i64,
+        holder: String,
+        waited: Duration,
+    },
+    #[error("the leader ran request {id} but its answer does not read back: {reason}")]
+    Answer { id: i64, reason: String },
+}
+
+impl From<sqlx::Error> for AskError {
+    fn from(e: sqlx::Error) -> Self {
+        AskError::Store(e.into())
+    }
+}
+
+/// Asks the running leader `holder` to do `kind` and waits up to `wait`
+/// for its answer: the request's id, and `Err(reason)` when it ran and
+/// failed.
+pub async fn ask_leader(
+    pool: &PgPool,
+    holder: &str,
+    kind: Kind,
+    accounts: &[String],
+    wait: Duration,
+) -> Result<(i64, Result<serde_json::Value, String>), AskError> {
+    let mut listener = listen(pool, DONE).await?;
+    let mut tx = pool.begin().await?;
+    let id = requests::ask(&mut tx, kind, accounts).await?;
+    tx.commit().await?;
+    tracing::info!(id, leader = holder, "asked the running leader");
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let mut conn = pool.acquire().await?;
+        let request = requests::get(&mut conn, id).await?;
+        drop(conn);
+        if let Some(answer) = request.and_then(|r| r.answer) {
+            return Ok((id, answer));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(AskError::Timeout {
+                id,
+                holder: holder.to_owned(),
+                waited: wait,
+            });
+        }
+        // Any answer wakes us; the row says whether it is ours.
+        if let Ok(Err(e)) =
+            tokio::time::timeout(RECHECK_EVERY.min(deadline - now), listener.recv()).await
+        {
+            tracing::debug!(error = %e, "listening for the answer");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// [`ask_leader`] for a reconcile, with its report read back.
+pub async fn reconcile_in_leader(
+    pool: &PgPool,
+    holder: &str,
+    accounts: &[AccountId],
+    wait: Duration,
+) -> Result<Result<Report, String>, AskError> {
+    let names: Vec<String> = accounts.iter().map(|a| a.to_string()).collect();
+    let (id, answer) = ask_leader(pool, holder, Kind::Reconcile, &names, wait).await?;
+    Ok(match answer {
+        Ok(v) => Ok(serde_json::from_value(v).map_err(|e| AskError::Answer {
+            id,
+            reason: e.to_string(),
+        })?),
+        Err(e) => Err(e),
+    })
+}
