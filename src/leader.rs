@@ -54,6 +54,9 @@ pub struct Election {
     pub me: String,
     pub takeover_after: Duration,
     pub health: Arc<Health>,
+    /// The `ingest_stalled` rule's `after`, for the readiness reported with
+    /// each renewal.
+    pub stalled_after: Duration,
 }
 
 impl Election {
@@ -117,6 +120,7 @@ impl Election {
         let (stop_renewing, mut stop) = watch::channel(false);
         let (pool, health) = (self.pool.clone(), self.health.clone());
         let every = self.renew_every();
+        let stalled_after = self.stalled_after;
         let renewer = tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -127,10 +131,14 @@ impl Election {
                     release(&pool, epoch).await;
                     return;
                 }
+                let report = lease::Report {
+                    final_head: health.snapshot().head,
+                    not_ready: health.not_ready(stalled_after),
+                };
                 let attempt = || {
                     tokio::time::timeout(every, async {
                         let mut conn = pool.acquire().await?;
-                        lease::renew(&mut conn, epoch).await
+                        lease::renew(&mut conn, epoch, &report).await
                     })
                 };
                 let mut renewed = attempt().await;

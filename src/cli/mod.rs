@@ -7,6 +7,7 @@ mod demo;
 mod ingest;
 mod output;
 mod run;
+mod status;
 mod watch;
 
 use std::collections::HashMap;
@@ -92,6 +93,12 @@ pub enum Command {
     Rules(RulesAction),
     /// Compare stored keys and balances with the chain at the cursor's block.
     Reconcile { accounts: Vec<String> },
+    /// Whether keywatch is ready and why not: leader, head, cursor, lag,
+    /// outbox, last reconcile. Exit 1 when not ready.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole pipeline against the built-in simulator playing an
     /// attack on a treasury (in a scratch database, dropped after).
     Demo {
@@ -241,6 +248,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo { fast } => demo::demo(&cli.config, fast).await,
         Command::Backfill { from, to } => ingest::backfill(&cli.config, from, to).await,
         Command::Reconcile { accounts } => ingest::reconcile(&cli.config, &accounts).await,
+        Command::Status { json } => status::status(&cli.config, json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -74,11 +74,7 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .map_err(|e| bad_input(format!("server.listen {}: {e}", settings.server.listen)))?;
-    let stalled_after = settings
-        .rules
-        .get("ingest_stalled")
-        .and_then(|r| r.after)
-        .unwrap_or(Duration::from_secs(300));
+    let stalled_after = settings.stalled_after();
     let serving = tokio::spawn(crate::metrics::serve(
         listener,
         pool.clone(),
@@ -126,6 +122,7 @@ async fn serve(
         me: s.me.clone(),
         takeover_after: s.settings.ingest.takeover_after,
         health: s.health.clone(),
+        stalled_after: s.settings.stalled_after(),
     };
     loop {
         let Some(leadership) = election.lead(stop.clone()).await else {

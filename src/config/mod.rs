@@ -285,6 +285,15 @@ fn parse_cron(s: String) -> Result<Option<cron::Schedule>, String> {
 }
 
 impl Settings {
+    /// How long ingestion may stand still before it counts as stalled: the
+    /// `ingest_stalled` rule's `after` (5 minutes when unset).
+    pub fn stalled_after(&self) -> Duration {
+        self.rules
+            .get("ingest_stalled")
+            .and_then(|r| r.after)
+            .unwrap_or(Duration::from_secs(300))
+    }
+
     /// Reads and validates the config file at `path`, with `env` as the
     /// process environment.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {

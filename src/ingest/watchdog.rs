@@ -83,11 +83,7 @@ impl Watchdog {
         channels: Arc<Channels>,
         now: Clock,
     ) -> Result<Watchdog, String> {
-        let after = settings
-            .rules
-            .get("ingest_stalled")
-            .and_then(|r| r.after)
-            .unwrap_or(Duration::from_secs(300));
+        let after = settings.stalled_after();
         let heartbeat = match &settings.notify.heartbeat_url {
             Some(url) => Some((
                 reqwest::Client::builder()

@@ -79,16 +79,68 @@ pub async fn holder_connected(conn: &mut PgConnection, holder: &str) -> Result<b
     .await?)
 }
 
-/// Renews the lease; false when `epoch` is no longer the current one.
-pub async fn renew(conn: &mut PgConnection, epoch: i64) -> Result<bool, StoreError> {
-    Ok(
-        sqlx::query("update leader_lease set renewed_at = now() where id = 1 and epoch = $1")
-            .bind(epoch)
-            .execute(conn)
-            .await?
-            .rows_affected()
-            == 1,
+/// What the leader reports with each renewal (for `keywatch status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub final_head: Option<u64>,
+    /// Why it is not ready; empty when it is.
+    pub not_ready: Vec<String>,
+}
+
+/// Renews the lease with the leader's report; false when `epoch` is no
+/// longer the current one.
+pub async fn renew(
+    conn: &mut PgConnection,
+    epoch: i64,
+    report: &Report,
+) -> Result<bool, StoreError> {
+    let head = report
+        .final_head
+        .map(|h| {
+            i64::try_from(h)
+                .map_err(|_| StoreError::Invalid(format!("final head {h} is beyond i64")))
+        })
+        .transpose()?;
+    Ok(sqlx::query(
+        "update leader_lease set renewed_at = now(), final_head = $2, not_ready = $3
+         where id = 1 and epoch = $1",
     )
+    .bind(epoch)
+    .bind(head)
+    .bind(&report.not_ready)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// The lease as `keywatch status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Overview {
+    pub holder: String,
+    pub epoch: i64,
+    pub age_ms: i64,
+    pub final_head: Option<i64>,
+    pub not_ready: Vec<String>,
+    pub holder_connected: bool,
+    /// Other `run` processes connected: standbys waiting to take over.
+    pub standbys: i64,
+}
+
+pub async fn overview(conn: &mut PgConnection) -> Result<Option<Overview>, StoreError> {
+    if !table_exists(conn).await? {
+        return Ok(None);
+    }
+    Ok(sqlx::query_as(
+        "select l.holder, l.epoch, (extract(epoch from now() - l.renewed_at) * 1000)::bigint as age_ms,
+                l.final_head, l.not_ready,
+                exists(select 1 from pg_stat_activity where application_name = l.holder) as holder_connected,
+                (select count(distinct application_name) from pg_stat_activity
+                 where application_name like 'keywatch-%' and application_name <> l.holder) as standbys
+         from leader_lease l where l.id = 1",
+    )
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// Inside a block's transaction: whether `epoch` still leads. The row is

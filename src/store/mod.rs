@@ -9,6 +9,7 @@ pub mod convert;
 pub mod history;
 pub mod keys;
 pub mod lease;
+pub mod overview;
 pub mod requests;
 pub mod watch;
 

@@ -497,7 +497,28 @@ async fn reconcile_and_watch_add_from_another_process_succeed_while_run_follows_
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!((claimed_by, finished), (Some(leader), true));
+    assert_eq!((claimed_by, finished), (Some(leader.clone()), true));
+    // status from a third process: the leader's own readiness and figures
+    let mut cmd = keywatch(&cfg, &db, &["status", "--json"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let out = cmd.output().await.unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{status}");
+    assert_eq!(
+        (
+            &status["ready"],
+            &status["leader"]["name"],
+            &status["watched_accounts"]
+        ),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(leader),
+            &serde_json::json!(100)
+        ),
+        "{status}"
+    );
+    assert_eq!(status["last_reconcile"]["accounts"], 100, "{status}");
+    assert_eq!(status["last_reconcile"]["differences"], 0, "{status}");
     let started = Instant::now();
     let more = [
         "acc100.sim.near",
@@ -630,6 +651,13 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_leader(pool: PgPoo
     let b_pid = b.id().unwrap();
     live_chain_for(&sim, Duration::from_secs(2)).await;
     assert_eq!(leader_pid(&pool).await, Some(a_pid), "b waits as a standby");
+    let mut lease_conn = pool.acquire().await.unwrap();
+    let seen = keywatch::store::lease::overview(&mut lease_conn)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(lease_conn);
+    assert_eq!(seen.standbys, 1, "status counts b as a standby: {seen:?}");
 
     // the leader is killed: b takes over
     a.start_kill().unwrap();

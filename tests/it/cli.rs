@@ -387,3 +387,89 @@ async fn alerts_test_sends_a_signed_test_alert_through_the_webhook() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("notify.email is not enabled"));
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn status_reports_the_leaders_readiness_and_exits_1_without_one(pool: PgPool) {
+    set_cursor(&pool).await;
+    let node = localnet().await;
+    let env = env_for(&pool, &node.url, "localnet");
+    let out = keywatch(&env, &["watch", "add", "alice.test.near"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // nobody leads; the node serves no `block`, so the head is unknown too
+    let out = keywatch(&env, &["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(s["ready"], false);
+    assert_eq!(s["leader"], serde_json::Value::Null);
+    assert_eq!(
+        (s["cursor"].as_u64(), s["watched_accounts"].as_i64()),
+        (Some(130), Some(1))
+    );
+    let reasons = s["not_ready"].to_string();
+    assert!(reasons.contains("no `keywatch run` has led"), "{reasons}");
+    assert!(reasons.contains("rpc:"), "{reasons}");
+    assert!(stderr(&out).contains("not ready"), "{}", stderr(&out));
+
+    // a leader (this connection) that reports the final head and is ready
+    let mut leader = pool.acquire().await.unwrap();
+    sqlx::query("set application_name = 'keywatch-1-feedbeef'")
+        .execute(&mut *leader)
+        .await
+        .unwrap();
+    let epoch = keywatch::store::lease::take(&mut leader, "keywatch-1-feedbeef", None)
+        .await
+        .unwrap()
+        .unwrap();
+    let report = keywatch::store::lease::Report {
+        final_head: Some(135),
+        not_ready: vec![],
+    };
+    assert!(
+        keywatch::store::lease::renew(&mut leader, epoch, &report)
+            .await
+            .unwrap()
+    );
+    let out = keywatch(&env, &["status", "--json"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let s: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(s["ready"], true, "{s}");
+    assert_eq!(s["leader"]["name"], "keywatch-1-feedbeef");
+    assert_eq!(
+        (s["final_head"].as_u64(), s["final_head_from"].as_str()),
+        (Some(135), Some("leader"))
+    );
+    assert_eq!(s["lag_blocks"].as_u64(), Some(5));
+
+    // the leader says why it is not ready; the human form lists it
+    let report = keywatch::store::lease::Report {
+        final_head: Some(135),
+        not_ready: vec!["stalled for 40s: rpc failing: 503".to_owned()],
+    };
+    assert!(
+        keywatch::store::lease::renew(&mut leader, epoch, &report)
+            .await
+            .unwrap()
+    );
+    let out = keywatch(&env, &["status"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("ready:          no"), "{text}");
+    assert!(
+        text.contains("- stalled for 40s: rpc failing: 503"),
+        "{text}"
+    );
+    assert!(
+        text.contains("leader:         keywatch-1-feedbeef (epoch 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("watched:        1 account(s), 0 awaiting a baseline"),
+        "{text}"
+    );
+}
