@@ -16,6 +16,7 @@ use crate::ingest::IngestError;
 use crate::rules::{AlertDraft, BlockFacts, KeyWrite, WindowValues, evaluate_block, window_drop};
 use crate::store::alerts::{Decided, fired_since, insert};
 use crate::store::convert::{height_to_i64, ns_to_time, numeric_to_yocto};
+use crate::store::window;
 
 /// What the ingest needs to decide and queue alerts.
 #[derive(Clone)]
@@ -211,23 +212,16 @@ pub async fn window_rules(
     }
     let mut drafts = Vec::new();
     for settle in settles {
-        let settled: Option<(String,)> = sqlx::query_as("select block_hash from blocks where block_height <= $1 order by block_height desc offset $2 limit 1")
-            .bind(h)
-            .bind(i64::from(settle))
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((settled_hash,)) = settled else {
+        let Some(settled) = window::settled_block(tx, h, settle).await? else {
             continue;
         };
         // function-call and gas keys written in the settled block
-        let keys: Vec<(String, String)> = sqlx::query_as(
-            "select distinct account_id, public_key from key_events where block_hash = $1 and source = 'chain'
-             and permission in ('function_call', 'gas_key_function_call', 'gas_key_full_access')",
-        )
-        .bind(&settled_hash)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (account, key) in keys {
+        let keys = window::keys_written_at(tx, settled).await?;
+        for window::WrittenKey {
+            account_id: account,
+            public_key: key,
+        } in keys
+        {
             let Ok(account_id) = AccountId::parse(&account) else {
                 continue;
             };
@@ -242,10 +236,7 @@ pub async fn window_rules(
                 drafts.push((d, r.cooldown));
             }
         }
-        let accounts: Vec<String> = sqlx::query_scalar("select distinct account_id from balance_events where block_hash = $1 and source = 'chain' and not deleted")
-            .bind(&settled_hash)
-            .fetch_all(&mut *tx)
-            .await?;
+        let accounts = window::accounts_written_at(tx, settled).await?;
         for account in accounts {
             let Ok(account_id) = AccountId::parse(&account) else {
                 continue;
@@ -287,17 +278,12 @@ async fn drain(
     let (height, now_ns) = at;
     // The key at the end of the judged block, from history (the same row as
     // the current state while ingesting; the past one when replaying).
-    let now: Option<(String, Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as(
-        "select action, allowance, gas_key_balance from key_history where account_id = $1 and public_key = $2
-           and block_height <= $3 and action <> 'nonce_slot'
-         order by block_height desc, case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc, index_in_block desc limit 1",
-    )
-    .bind(account.as_str())
-    .bind(key)
-    .bind(height)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((action, allowance, gas)) = now else {
+    let Some(window::KeyWriteRow {
+        action,
+        allowance,
+        gas_key_balance: gas,
+    }) = window::key_at(tx, account.as_str(), key, height).await?
+    else {
         return Ok(None);
     };
     if action == "deleted" {
@@ -310,39 +296,13 @@ async fn drain(
     };
     let start = window_start(r, now_ns);
     // A key deleted and re-added starts a new window at its last addition.
-    let added: Option<i64> = sqlx::query_scalar(
-        "select max(block_timestamp_ns) from key_history
-         where account_id = $1 and public_key = $2 and action = 'added' and block_height <= $3",
-    )
-    .bind(account.as_str())
-    .bind(key)
-    .bind(height)
-    .fetch_one(&mut *tx)
-    .await?;
+    let added = window::key_added_at(tx, account.as_str(), key, height).await?;
     let start = added.map_or(start, |a| start.max(a));
     // The value just before the window; if everything keywatch knows of the
     // key lies inside the window, the earliest value it knows.
-    let before: Option<(Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as(
-        "select allowance, gas_key_balance from key_history where account_id = $1 and public_key = $2
-           and action in ('added', 'updated')
-         order by (block_timestamp_ns <= $3) desc,
-                  case when block_timestamp_ns <= $3 then -block_height else block_height end,
-                  case when block_timestamp_ns <= $3 then -index_in_block else index_in_block end
-         limit 1",
-    )
-    .bind(account.as_str())
-    .bind(key)
-    .bind(start)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let before = match before {
-        Some((a, g)) => {
-            if is_gas {
-                yocto(&g)?
-            } else {
-                yocto(&a)?
-            }
-        }
+    let before = match window::key_before(tx, account.as_str(), key, start).await? {
+        Some(v) if is_gas => yocto(&v.gas_key_balance)?,
+        Some(v) => yocto(&v.allowance)?,
         None => None,
     };
     let Some(before) = before else {
@@ -384,30 +344,20 @@ async fn balance_drop(
     at: (i64, i64),
 ) -> Result<Option<AlertDraft>, IngestError> {
     let (height, now_ns) = at;
-    let now: Option<(Option<BigDecimal>, Option<BigDecimal>, bool)> = sqlx::query_as(
-        "select amount, locked, deleted from balance_history where account_id = $1 and block_height <= $2
-         order by block_height desc, case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc, index_in_block desc limit 1",
-    )
-    .bind(account.as_str())
-    .bind(height)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((Some(amount), Some(locked), false)) = now else {
+    let Some(window::BalanceWrite {
+        amount: Some(amount),
+        locked: Some(locked),
+        deleted: false,
+    }) = window::balance_at(tx, account.as_str(), height).await?
+    else {
         return Ok(None);
     };
     let start = window_start(r, now_ns);
-    let before: Option<(Option<BigDecimal>, Option<BigDecimal>)> = sqlx::query_as(
-        "select amount, locked from balance_history where account_id = $1 and not deleted
-         order by (block_timestamp_ns <= $2) desc,
-                  case when block_timestamp_ns <= $2 then -block_height else block_height end,
-                  case when block_timestamp_ns <= $2 then -index_in_block else index_in_block end
-         limit 1",
-    )
-    .bind(account.as_str())
-    .bind(start)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((Some(b_amount), Some(b_locked))) = before else {
+    let Some(window::BalanceRow {
+        amount: Some(b_amount),
+        locked: Some(b_locked),
+    }) = window::balance_before(tx, account.as_str(), start).await?
+    else {
         return Ok(None);
     };
     let (now_amount, now_locked) = (

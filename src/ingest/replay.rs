@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bigdecimal::BigDecimal;
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{AccessKey, AccountId, BlockHeader, CryptoHash, PublicKey};
@@ -14,6 +13,7 @@ use crate::ingest::IngestError;
 use crate::ingest::alerts::{AccountBlock, AlertContext, block_rules, window_rules};
 use crate::rules::KeyWrite;
 use crate::store::convert::height_to_i64;
+use crate::store::replay;
 
 /// An alert the replay decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,25 +45,6 @@ async fn keys_at(
     }
 }
 
-type KeyRowTuple = (
-    String,
-    String,
-    Option<serde_json::Value>,
-    bool,
-    Option<String>,
-    Option<String>,
-);
-type BalRowTuple = (
-    bool,
-    bool,
-    Option<BigDecimal>,
-    Option<BigDecimal>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
 async fn facts(
     tx: &mut PgConnection,
     block_hash: &str,
@@ -71,19 +52,13 @@ async fn facts(
     account: &str,
 ) -> Result<AccountBlock, IngestError> {
     let account_id = AccountId::parse(account).map_err(|e| IngestError::Invalid(e.to_string()))?;
-    let rows: Vec<KeyRowTuple> = sqlx::query_as(
-        "select public_key, action, permission_raw, by_account_deletion, tx_hash, receipt_hash from key_events
-         where account_id = $1 and block_hash = $2 and source = 'chain' order by index_in_block",
-    )
-    .bind(account)
-    .bind(block_hash)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = replay::key_writes_in_block(tx, account, block_hash).await?;
     let mut writes = vec![];
     let mut nonce_slot_keys = BTreeSet::new();
-    for (key, action, raw, by_deletion, tx_hash, receipt_hash) in rows {
-        let key = PublicKey::parse(&key).map_err(|e| IngestError::Invalid(e.to_string()))?;
-        let action: &'static str = match action.as_str() {
+    for row in rows {
+        let key =
+            PublicKey::parse(&row.public_key).map_err(|e| IngestError::Invalid(e.to_string()))?;
+        let action: &'static str = match row.action.as_str() {
             "added" => "added",
             "updated" => "updated",
             "deleted" => "deleted",
@@ -92,7 +67,8 @@ async fn facts(
                 continue;
             }
         };
-        let permission = raw
+        let permission = row
+            .permission_raw
             .map(crate::rpc::views::permission_from_json)
             .transpose()
             .map_err(IngestError::Invalid)?;
@@ -100,29 +76,25 @@ async fn facts(
             key,
             action,
             permission,
-            by_account_deletion: by_deletion,
-            tx_hash,
-            receipt_hash,
+            by_account_deletion: row.by_account_deletion,
+            tx_hash: row.tx_hash,
+            receipt_hash: row.receipt_hash,
         });
     }
-    let bal: Vec<BalRowTuple> = sqlx::query_as(
-        "select deleted, contract_changed, amount, locked, storage_usage, code_hash, global_contract_hash, global_contract_account_id
-         from balance_events where account_id = $1 and block_hash = $2 and source = 'chain' order by index_in_block",
-    )
-    .bind(account)
-    .bind(block_hash)
-    .fetch_all(&mut *tx)
-    .await?;
+    let bal = replay::balance_writes_in_block(tx, account, block_hash).await?;
     let mut contract_changed = None;
-    for (_, _, amount, locked, storage, code, gch, gca) in bal.iter().filter(|b| b.1).cloned() {
-        let columns = (amount, locked, storage, code, gch, gca);
+    for b in bal.iter().filter(|b| b.contract_changed).cloned() {
+        let columns = (
+            b.amount,
+            b.locked,
+            b.storage_usage,
+            b.code_hash,
+            b.global_contract_hash,
+            b.global_contract_account_id,
+        );
         contract_changed = Some(crate::store::history::account_state(account, columns)?);
     }
-    let unknown: Vec<String> = sqlx::query_scalar("select change_type from unknown_changes where account_id = $1 and block_hash = $2 order by index_in_block")
-        .bind(account)
-        .bind(block_hash)
-        .fetch_all(&mut *tx)
-        .await?;
+    let unknown = replay::unknown_in_block(tx, account, block_hash).await?;
     let keys_before = keys_at(tx, &account_id, height - 1).await?;
     let keys_after = keys_at(tx, &account_id, height).await?;
     Ok(AccountBlock {
@@ -131,7 +103,7 @@ async fn facts(
         keys_before,
         keys_after,
         nonce_slot_keys,
-        account_deleted: bal.iter().any(|b| b.0),
+        account_deleted: bal.iter().any(|b| b.deleted),
         contract_changed,
         unknown,
     })
@@ -146,30 +118,23 @@ pub async fn rules_test(
 ) -> Result<Vec<WouldFire>, IngestError> {
     let mut tx = pool.begin().await?;
     crate::store::alerts::shadow_outbox(&mut tx).await?;
-    let blocks: Vec<(String, i64, String, i64)> = sqlx::query_as(
-        "select block_hash, block_height, prev_hash, block_timestamp_ns from blocks where block_height between $1 and $2 order by block_height",
+    let blocks = replay::blocks_between(
+        &mut tx,
+        height_to_i64("height", from)?,
+        height_to_i64("height", to)?,
     )
-    .bind(height_to_i64("height", from)?)
-    .bind(height_to_i64("height", to)?)
-    .fetch_all(&mut *tx)
     .await?;
-    for (block_hash, height, prev, ts) in blocks {
+    for b in blocks {
         let header = BlockHeader {
-            height: height as u64,
-            hash: hash(&block_hash)?,
-            prev_hash: hash(&prev)?,
-            timestamp_ns: ts as u64,
+            height: b.block_height as u64,
+            hash: hash(&b.block_hash)?,
+            prev_hash: hash(&b.prev_hash)?,
+            timestamp_ns: b.block_timestamp_ns as u64,
         };
-        let accounts: Vec<String> = sqlx::query_scalar(
-            "select account_id from key_events where block_hash = $1 and source = 'chain'
-             union select account_id from balance_events where block_hash = $1 and source = 'chain' order by 1",
-        )
-        .bind(&block_hash)
-        .fetch_all(&mut *tx)
-        .await?;
+        let accounts = replay::accounts_in_block(&mut tx, b.block_height).await?;
         let mut all = Vec::new();
         for a in accounts {
-            all.push(facts(&mut tx, &block_hash, height, &a).await?);
+            all.push(facts(&mut tx, &b.block_hash, b.block_height, &a).await?);
         }
         block_rules(&mut tx, ctx, &header, &all).await?;
         window_rules(&mut tx, ctx, &header).await?;

@@ -178,6 +178,18 @@ type BalHist = (
     String,
 );
 
+/// Every key event of an account (`keywatch history`).
+pub const HISTORY_KEYS: &str =
+    "select block_height, block_time, index_in_block, public_key, action, permission,
+            allowance, gas_key_balance, nonce, cause, tx_hash, receipt_hash, source
+     from key_history where account_id = $1";
+
+/// Every balance event of an account (`keywatch history`).
+pub const HISTORY_BALANCES: &str =
+    "select block_height, block_time, index_in_block, amount, locked, code_hash,
+            deleted, cause, tx_hash, receipt_hash, source
+     from balance_history where account_id = $1";
+
 /// Key and balance events of an account, oldest first (through the views).
 pub async fn history(
     conn: &mut PgConnection,
@@ -185,22 +197,14 @@ pub async fn history(
 ) -> Result<Vec<HistoryEntry>, StoreError> {
     let amount =
         |what, n: Option<BigDecimal>| n.as_ref().map(|n| numeric_to_yocto(what, n)).transpose();
-    let keys: Vec<KeyHist> = sqlx::query_as(
-        "select block_height, block_time, index_in_block, public_key, action, permission, allowance,
-                gas_key_balance, nonce, cause, tx_hash, receipt_hash, source
-         from key_history where account_id = $1",
-    )
-    .bind(account.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let balances: Vec<BalHist> = sqlx::query_as(
-        "select block_height, block_time, index_in_block, amount, locked, code_hash, deleted, cause,
-                tx_hash, receipt_hash, source
-         from balance_history where account_id = $1",
-    )
-    .bind(account.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
+    let keys: Vec<KeyHist> = sqlx::query_as(HISTORY_KEYS)
+        .bind(account.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    let balances: Vec<BalHist> = sqlx::query_as(HISTORY_BALANCES)
+        .bind(account.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
     let mut out = Vec::with_capacity(keys.len() + balances.len());
     for k in keys {
         out.push(HistoryEntry::Key {
@@ -317,6 +321,14 @@ pub async fn load_account(
     row.map(|r| state_or_deleted(account, r)).transpose()
 }
 
+/// An account's last balance write in `$2..=$3`.
+pub const ACCOUNT_AT: &str =
+    "select amount, locked, storage_usage, code_hash, global_contract_hash,
+            global_contract_account_id, deleted
+     from balance_events where account_id = $1 and block_height between $2 and $3
+     order by block_height desc, source_rank desc, index_in_block desc
+     limit 1";
+
 /// The account's state at the end of block `height` from history, within
 /// the tracking span that covers it: `None` if nothing is recorded there,
 /// `Some(None)` if it was deleted (or did not exist at its baseline).
@@ -329,17 +341,11 @@ pub async fn account_at(
         return Ok(None);
     };
     // As in keys_at: a baseline or reconcile row states the end of its block.
-    let row: Option<StateRow> = sqlx::query_as(
-        "select amount, locked, storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted
-         from balance_events where account_id = $1 and block_height between $2 and $3
-         order by block_height desc, case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc,
-                  index_in_block desc
-         limit 1",
-    )
-    .bind(account.as_str())
-    .bind(from)
-    .bind(crate::store::convert::height_to_i64("height", height)?)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<StateRow> = sqlx::query_as(ACCOUNT_AT)
+        .bind(account.as_str())
+        .bind(from)
+        .bind(crate::store::convert::height_to_i64("height", height)?)
+        .fetch_optional(conn)
+        .await?;
     row.map(|r| state_or_deleted(account, r)).transpose()
 }

@@ -259,6 +259,31 @@ pub async fn key_map_at(
         .map_err(KeysAtError::from)
 }
 
+/// Each key's last write at or below `$3` since `$2` (the span's start),
+/// unless it deleted the key. The account's keys are found by skipping
+/// through the index one key at a time, and each key's last write is one
+/// probe, so the cost is the number of keys, not of writes. Within one
+/// block, a baseline or reconcile row describes the state after the block's
+/// chain writes, so it ranks above them (`source_rank`).
+pub const KEYS_AT: &str = "with recursive keys(public_key) as (
+         (select public_key from key_events where account_id = $1 and action <> 'nonce_slot'
+          order by public_key limit 1)
+         union all
+         select (select e.public_key from key_events e
+                 where e.account_id = $1 and e.public_key > k.public_key and e.action <> 'nonce_slot'
+                 order by e.public_key limit 1)
+         from keys k where k.public_key is not null)
+     select w.public_key, w.permission, w.permission_raw, w.allowance, w.gas_key_balance,
+            w.receiver_id, w.method_names, w.nonce, w.block_height as height
+     from keys k
+     cross join lateral (
+         select * from key_events e
+         where e.account_id = $1 and e.public_key = k.public_key
+           and e.block_height between $2 and $3 and e.action <> 'nonce_slot'
+         order by e.block_height desc, e.source_rank desc, e.index_in_block desc limit 1) w
+     where k.public_key is not null and w.action <> 'deleted'
+     order by w.public_key";
+
 /// The exact key set that could sign for `account` at the end of block
 /// `height`: for each key, its last write at or below `height` within the
 /// tracking span that covers `height`, unless that write deleted it.
@@ -292,28 +317,13 @@ pub async fn keys_at(
             tracked_from: first.map(|f| f as u64),
         });
     };
-    // Within one block, a baseline or reconcile row describes the state after
-    // the block's chain writes, so it ranks above them.
-    let rows: Vec<KeyRead> = sqlx::query_as(
-        "select public_key, permission, permission_raw, allowance, gas_key_balance, receiver_id,
-                method_names, nonce, block_height as height
-         from (
-            select distinct on (public_key) *
-            from key_events
-            where account_id = $1 and block_height between $2 and $3 and action <> 'nonce_slot'
-            order by public_key, block_height desc,
-                     case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc,
-                     index_in_block desc
-         ) last_write
-         where action <> 'deleted'
-         order by public_key",
-    )
-    .bind(account.as_str())
-    .bind(from)
-    .bind(h)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(StoreError::from)?;
+    let rows: Vec<KeyRead> = sqlx::query_as(KEYS_AT)
+        .bind(account.as_str())
+        .bind(from)
+        .bind(h)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
     Ok(rows
         .into_iter()
         .map(KeyRead::into_info)

@@ -6,6 +6,7 @@ mod campaign;
 mod cli;
 mod config;
 mod crash;
+pub mod indexes;
 pub mod ingest;
 mod parsers;
 mod pgcluster;
