@@ -103,7 +103,7 @@ impl Election {
         let mut conn = self.pool.acquire().await?;
         match lease::read(&mut conn).await? {
             None => lease::take(&mut conn, &self.me, None).await,
-            Some(l) if l.age_ms as u128 > self.takeover_after.as_millis() => {
+            Some(l) if l.age_ms.max(0) as u128 > self.takeover_after.as_millis() => {
                 tracing::warn!(holder = %l.holder, age_ms = l.age_ms, "the leader's lease is stale: taking over");
                 lease::take(&mut conn, &self.me, Some(&l)).await
             }

@@ -288,10 +288,41 @@ pub async fn connect(settings: &Settings) -> Result<sqlx::PgPool, Failure> {
     )
     .await
     .context("cannot connect to the database (database.url or DATABASE_URL)")?;
-    crate::store::migrate(&pool)
+    migrate_unless_led(settings, &pool).await?;
+    Ok(pool)
+}
+
+/// Brings the schema up to this binary's, unless a running leader uses an
+/// older one: only the leader migrates under a live deployment, so a newer
+/// command-line binary never changes the schema under an older `run`.
+async fn migrate_unless_led(settings: &Settings, pool: &sqlx::PgPool) -> Result<(), Failure> {
+    use anyhow::Context;
+    let mine = crate::store::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let mut conn = pool.acquire().await.context("connecting to the database")?;
+    let theirs = crate::store::lease::schema_version(&mut conn)
+        .await
+        .context("reading the schema version")?;
+    if theirs.is_some_and(|v| v >= mine) {
+        return Ok(());
+    }
+    let leader = crate::store::lease::live_holder(&mut conn, settings.ingest.takeover_after)
+        .await
+        .context("reading the leader lease")?;
+    drop(conn);
+    if let Some(holder) = leader {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "the running leader {holder} uses schema {}, older than this keywatch's {mine}; only the leader migrates: upgrade and restart it (or stop it and run `keywatch migrate`)",
+            theirs.unwrap_or_default()
+        )));
+    }
+    crate::store::migrate(pool)
         .await
         .context("cannot apply migrations")?;
-    Ok(pool)
+    Ok(())
 }
 
 /// The database (migrated) and an RPC client whose every url serves the

@@ -193,6 +193,17 @@ async fn lead(
     if patiently(s, stop.clone(), || prepare(s)).await?.is_none() {
         return Ok(outcome_of_stop(leadership));
     }
+    // A first start from a past height is a backfill; resuming a cursor is
+    // a catch-up, whose alerts are sent (marked late).
+    let read_from_history = || async {
+        crate::store::from_history(&s.pool)
+            .await
+            .context("reading the cursor")
+            .map_err(Failure::Other)
+    };
+    let Some(from_history) = patiently(s, stop.clone(), read_from_history).await? else {
+        return Ok(outcome_of_stop(leadership));
+    };
     let dispatcher = crate::dispatch::Dispatcher::with_channels(
         s.pool.clone(),
         settings,
@@ -203,14 +214,8 @@ async fn lead(
     let (stop_dispatch, dispatch_rx) = watch::channel(false);
     let delivering = tokio::spawn(async move { dispatcher.run(dispatch_rx, drain_timeout).await });
     let ctx = crate::ingest::alerts::AlertContext::from_settings(settings);
-    // A first start from a past height is a backfill; resuming a cursor is
-    // a catch-up, whose alerts are sent (marked late).
-    ctx.suppress_old.store(
-        crate::store::from_history(&s.pool)
-            .await
-            .context("reading the cursor")?,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    ctx.suppress_old
+        .store(from_history, std::sync::atomic::Ordering::Relaxed);
     let scheduler = crate::schedule::Scheduler {
         pool: s.pool.clone(),
         rpc: s.rpc.clone(),
@@ -228,7 +233,9 @@ async fn lead(
         pool: s.pool.clone(),
         rpc: s.rpc.background(),
         alerts: ctx.clone(),
-        me: s.me.clone(),
+        // Per leadership: what this process claimed while leading before
+        // (and never finished) is claimed again.
+        me: format!("{}#{}", s.me, leadership.epoch),
     };
     let serving_requests = tokio::spawn(requests.run(stop.clone()));
     let opts = FollowOptions {

@@ -83,9 +83,7 @@ pub async fn status(config: &Path, json: bool) -> CmdResult {
         .context("reading reconcile runs")?;
     drop(conn);
     let takeover_after = settings.ingest.takeover_after;
-    let live = lease
-        .as_ref()
-        .filter(|l| l.holder_connected && (l.age_ms.max(0) as u128) < takeover_after.as_millis());
+    let live = lease.as_ref().filter(|l| l.is_live(takeover_after));
     let mut not_ready = match (&lease, live) {
         (_, Some(l)) => l.not_ready.clone(),
         (Some(l), None) => vec![format!(

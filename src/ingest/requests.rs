@@ -23,6 +23,9 @@ use crate::store::requests::{self, ASKED, DONE, Kind, Request};
 
 /// How often the leader looks for open requests without being woken.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Attempts to record an answer before leaving the request to the next
+/// leadership period.
+const FINISH_ATTEMPTS: u32 = 10;
 /// How often an asker re-reads its request without being woken.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -32,7 +35,8 @@ pub struct Server {
     /// The background lane: following has first claim on the budget.
     pub rpc: RpcClient,
     pub alerts: AlertContext,
-    /// This process's lease name: requests it claimed are its own.
+    /// This process's lease name and leadership epoch: requests it claimed
+    /// are its own; a later leadership claims again what an earlier one left.
     pub me: String,
 }
 
@@ -85,13 +89,34 @@ impl Server {
             if let Err(e) = &answer {
                 tracing::warn!(id = request.id, error = %e, "request failed");
             }
-            let mut conn = self.pool.acquire().await?;
-            requests::finish(
-                &mut conn,
-                request.id,
-                answer.as_ref().map_err(String::as_str),
-            )
-            .await?;
+            self.finish(request.id, answer.as_ref().map_err(String::as_str))
+                .await?;
+        }
+    }
+
+    /// Records an answer, retrying through a short database outage: the
+    /// asker is waiting for it.
+    async fn finish(
+        &self,
+        id: i64,
+        answer: Result<&serde_json::Value, &str>,
+    ) -> Result<(), StoreError> {
+        let mut attempt = 0;
+        loop {
+            let done = async {
+                let mut conn = self.pool.acquire().await?;
+                requests::finish(&mut conn, id, answer).await
+            }
+            .await;
+            match done {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < FINISH_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::warn!(id, error = %e, "recording a request's answer; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

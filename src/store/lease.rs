@@ -127,6 +127,13 @@ pub struct Overview {
     pub standbys: i64,
 }
 
+impl Overview {
+    /// Renewed within `stale_after` by a process that still has a session.
+    pub fn is_live(&self, stale_after: std::time::Duration) -> bool {
+        self.holder_connected && (self.age_ms.max(0) as u128) < stale_after.as_millis()
+    }
+}
+
 pub async fn overview(conn: &mut PgConnection) -> Result<Option<Overview>, StoreError> {
     if !table_exists(conn).await? {
         return Ok(None);
@@ -144,8 +151,10 @@ pub async fn overview(conn: &mut PgConnection) -> Result<Option<Overview>, Store
 }
 
 /// Inside a block's transaction: whether `epoch` still leads. The row is
-/// share-locked, so a takeover waits for this transaction to end and the
-/// next block sees the new epoch.
+/// share-locked until the block commits, so the epoch cannot change under
+/// a block being written: a standby taking over ends the old leader's
+/// sessions first (rolling its block back), and a block begun after the
+/// takeover sees the new epoch and is refused.
 pub async fn holds(tx: &mut PgConnection, epoch: i64) -> Result<bool, StoreError> {
     let current: Option<i64> =
         sqlx::query_scalar("select epoch from leader_lease where id = 1 for share")
@@ -210,13 +219,8 @@ pub async fn live_holder(
     conn: &mut PgConnection,
     stale_after: std::time::Duration,
 ) -> Result<Option<String>, StoreError> {
-    if !table_exists(conn).await? {
-        return Ok(None);
-    }
-    match read(conn).await? {
-        Some(l) if (l.age_ms.max(0) as u128) < stale_after.as_millis() => {
-            Ok(holder_connected(conn, &l.holder).await?.then_some(l.holder))
-        }
-        _ => Ok(None),
-    }
+    Ok(overview(conn)
+        .await?
+        .filter(|l| l.is_live(stale_after))
+        .map(|l| l.holder))
 }

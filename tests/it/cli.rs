@@ -473,3 +473,40 @@ async fn status_reports_the_leaders_readiness_and_exits_1_without_one(pool: PgPo
         "{text}"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_newer_command_does_not_migrate_under_a_running_older_leader(pool: PgPool) {
+    let node = localnet().await;
+    let env = env_for(&pool, &node.url, "localnet");
+    // a leader (this connection) running a binary one migration behind
+    let mut leader = pool.acquire().await.unwrap();
+    sqlx::query("set application_name = 'keywatch-2-0ldbeef0'")
+        .execute(&mut *leader)
+        .await
+        .unwrap();
+    keywatch::store::lease::take(&mut leader, "keywatch-2-0ldbeef0", None)
+        .await
+        .unwrap()
+        .unwrap();
+    let latest: i64 = sqlx::query_scalar(
+        "delete from _sqlx_migrations where version = (select max(version) from _sqlx_migrations) returning version",
+    )
+    .fetch_one(&mut *leader)
+    .await
+    .unwrap();
+    let out = keywatch(&env, &["watch", "list"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the running leader keywatch-2-0ldbeef0 uses schema")
+            && err.contains(&format!("older than this keywatch's {latest}")),
+        "{err}"
+    );
+    let applied: bool =
+        sqlx::query_scalar("select exists(select 1 from _sqlx_migrations where version = $1)")
+            .bind(latest)
+            .fetch_one(&mut *leader)
+            .await
+            .unwrap();
+    assert!(!applied, "nothing was migrated");
+}
