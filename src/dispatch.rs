@@ -25,6 +25,14 @@ use crate::store::alerts::{
     lock_pending_ids, mark_escalated, recent_non_critical, record_attempt, retry_now, stuck,
 };
 
+/// The follower is catching up while it is more than this many blocks
+/// behind the final head.
+const CAUGHT_UP_LAG: u64 = 3;
+
+/// Late warning/info alerts wait for the catch-up to end at most this many
+/// seconds.
+const LATE_HOLD_MAX_SECS: i64 = 600;
+
 fn is_late(d: &Delivery) -> bool {
     d.details.get("late").and_then(serde_json::Value::as_bool) == Some(true)
 }
@@ -160,6 +168,13 @@ impl Dispatcher {
         }
     }
 
+    /// Whether the follower is still working through blocks it missed.
+    fn catching_up(&self) -> bool {
+        self.health
+            .as_ref()
+            .is_some_and(|h| h.snapshot().lag().is_some_and(|lag| lag > CAUGHT_UP_LAG))
+    }
+
     /// One pass over the due deliveries; returns how many were attempted.
     pub async fn run_once(&self) -> Result<usize, DispatchError> {
         let now = (self.now)();
@@ -178,16 +193,31 @@ impl Dispatcher {
                 waiting.entry(d.channel.clone()).or_default().push(d);
             }
         }
+        let catching_up = self.catching_up();
         for (channel, list) in waiting {
+            // Late warning/info alerts (and the ingest_recovered that
+            // explains them) wait until the follower reaches the head, then
+            // go out as one digest; never longer than LATE_HOLD_MAX.
+            let (held, list): (Vec<Delivery>, Vec<Delivery>) = list
+                .into_iter()
+                .partition(|d| is_late(d) || d.rule == "ingest_recovered");
+            let overdue = held
+                .iter()
+                .any(|d| d.created_at <= now - chrono::Duration::seconds(LATE_HOLD_MAX_SECS));
+            match held.len() {
+                0 => {}
+                _ if catching_up && !overdue => {}
+                1 => attempted += usize::from(self.deliver_one(held[0].delivery_id).await?),
+                _ => attempted += self.deliver_batch(&channel, &held).await?,
+            }
+            if list.is_empty() {
+                continue;
+            }
             let mut tx = self.pool.begin().await?;
             let (recent, last_batch) =
                 recent_non_critical(&mut tx, &channel, now - self.batch_interval).await?;
             tx.commit().await?;
-            // After a catch-up, late warning/info alerts go out as one digest.
-            let digest = list.len() > 1 && list.iter().any(is_late);
-            if digest {
-                attempted += self.deliver_batch(&channel, &list).await?;
-            } else if recent + list.len() as i64 <= self.batch_after && last_batch.is_none() {
+            if recent + list.len() as i64 <= self.batch_after && last_batch.is_none() {
                 for d in list {
                     attempted += usize::from(self.deliver_one(d.delivery_id).await?);
                 }

@@ -335,38 +335,37 @@ async fn prepare(s: &Service) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Whether a start-up failure is an outage to wait out (the database or
-/// every rpc url unreachable) rather than bad input.
-fn is_outage(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
+/// The dependency a start-up failure is an outage of (the database, or
+/// every rpc url unreachable), to be waited out; `None` for bad input.
+fn outage_of(e: &anyhow::Error) -> Option<Dependency> {
+    use crate::ingest::baseline::TrackError;
+    let rpc = |e: &crate::rpc::RpcError| (!e.is_wrong_chain()).then_some(Dependency::Rpc);
+    let db = |e: &sqlx::Error| crate::store::is_outage(e).then_some(Dependency::Database);
+    e.chain().find_map(|cause| {
         if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
-            return crate::store::is_outage(e);
+            return db(e);
         }
         if let Some(e) = cause.downcast_ref::<crate::rpc::RpcError>() {
-            return !e.is_wrong_chain();
+            return rpc(e);
         }
         if let Some(crate::store::StoreError::Db(e)) = cause.downcast_ref() {
-            return crate::store::is_outage(e);
+            return db(e);
         }
         if let Some(crate::store::StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e))) =
             cause.downcast_ref()
         {
-            return crate::store::is_outage(e);
+            return db(e);
         }
         // Transparent wrappers hide the inner error from the chain.
         if let Some(e) = cause.downcast_ref::<IngestError>() {
-            return !e.is_fatal();
+            return (!e.is_fatal()).then(|| e.dependency());
         }
-        if let Some(e) = cause.downcast_ref::<crate::ingest::baseline::TrackError>() {
-            use crate::ingest::baseline::TrackError;
-            return match e {
-                TrackError::Rpc { source, .. } => !source.is_wrong_chain(),
-                TrackError::Ingest(e) => !e.is_fatal(),
-                TrackError::Busy => true,
-                TrackError::Missing { .. } => false,
-            };
+        match cause.downcast_ref::<TrackError>()? {
+            TrackError::Rpc { source, .. } => rpc(source),
+            TrackError::Ingest(e) => (!e.is_fatal()).then(|| e.dependency()),
+            TrackError::Busy => Some(Dependency::Database),
+            TrackError::Missing { .. } => None,
         }
-        false
     })
 }
 
@@ -387,13 +386,9 @@ where
     loop {
         match step().await {
             Ok(v) => return Ok(Some(v)),
-            Err(Failure::Other(e)) if is_outage(&e) => {
+            Err(Failure::Other(e)) if outage_of(&e).is_some() => {
                 failures += 1;
-                let dep = if e.chain().any(|c| c.is::<crate::rpc::RpcError>()) {
-                    Dependency::Rpc
-                } else {
-                    Dependency::Database
-                };
+                let dep = outage_of(&e).unwrap_or(Dependency::Database);
                 s.health.failed(dep, &format!("{e:#}"));
                 let wait = backoff(failures, retry.backoff_min, retry.backoff_max);
                 tracing::warn!(

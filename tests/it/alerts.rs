@@ -1050,3 +1050,76 @@ async fn a_rules_replay_neither_sees_nor_locks_the_live_outbox(pool: PgPool) {
         .unwrap();
     assert_eq!(after, 1, "the live outbox is untouched");
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn late_warnings_wait_for_the_catch_up_to_end_then_go_out_as_one_digest(pool: PgPool) {
+    use keywatch::config::Severity;
+    use keywatch::health::{Health, Role};
+    use keywatch::rules::AlertDraft;
+    use keywatch::store::alerts::{Decided, insert};
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let s = settings("http://127.0.0.1:9/", smtp.port, &hook.url, "3650days", "");
+    let mut tx = pool.begin().await.unwrap();
+    let late = |rule: &'static str, severity, n: u32| AlertDraft {
+        rule,
+        severity,
+        account_id: format!("acc{n}.near"),
+        public_key: None,
+        title: format!("{rule} on acc{n}.near"),
+        details: serde_json::json!({"late": true}),
+    };
+    let drafts = [
+        late("new_full_access_key", Severity::Critical, 0),
+        late("key_deleted", Severity::Warning, 1),
+        late("key_deleted", Severity::Warning, 2),
+        late("allowance_drain", Severity::Warning, 3),
+    ];
+    for (i, d) in drafts.iter().enumerate() {
+        let hash = format!("h{i}");
+        let at = Decided {
+            block_height: 100 + i as u64,
+            block_hash: &hash,
+            block_time: chrono::Utc::now() - chrono::Duration::minutes(30),
+        };
+        insert(&mut tx, d, &at, &["email"], true)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    // the follower is 100 blocks behind the head, working through them
+    let health = Arc::new(Health::default());
+    health.set_role(Role::Leader);
+    let at = |height| keywatch::store::Cursor {
+        height,
+        hash: format!("h{height}"),
+        timestamp_ns: 0,
+    };
+    health.caught_up(&at(100), 200);
+    let (_, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now)
+        .unwrap()
+        .with_health(health.clone());
+    dispatch_all(&d).await;
+    let subjects = |smtp: &SmtpServer| -> Vec<String> {
+        smtp.mails()
+            .iter()
+            .filter_map(|m| m.header("Subject"))
+            .collect()
+    };
+    assert_eq!(
+        subjects(&smtp),
+        ["[CRITICAL] new_full_access_key on acc0.near"],
+        "critical alerts do not wait"
+    );
+    // at the head: the three warnings go out together
+    health.caught_up(&at(200), 200);
+    dispatch_all(&d).await;
+    let sent = subjects(&smtp);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        sent[1],
+        "[WARNING] 3 alerts on acc1.near, acc2.near, acc3.near"
+    );
+}

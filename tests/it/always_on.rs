@@ -812,3 +812,110 @@ async fn a_start_from_a_past_height_suppresses_old_alerts_until_it_first_reaches
         "at the head, missed blocks become a catch-up"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn alerts_of_blocks_missed_while_down_are_sent_late_critical_alone_the_rest_in_one_digest(
+    pool: PgPool,
+) {
+    let smtp = SmtpServer::start().await;
+    let mut story = keywatch::sim::Scenario::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml"),
+    )
+    .unwrap();
+    // the story happened ten minutes ago: recent enough for max_age, too
+    // old to be news without a "late" mark
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap() as u64;
+    story.chain.genesis_time_ns = now_ns - 600_000_000_000 - 40 * 600_000_000;
+    let sim = Simulator::start(story, SimOptions::default())
+        .await
+        .unwrap();
+    sim.advance_to(1005);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[notify]\nretry_min = \"100ms\"\nretry_max = \"1s\"\n[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"kw@example.com\"\nto = [\"ops@example.com\"]\n\n[[accounts]]\nid = \"treasury.near\"\nexpected_keys = [\"ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6\"]\n[[accounts]]\nid = \"relayer.near\"\n[[accounts]]\nid = \"bob.near\"\n",
+        smtp.port
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let db = database_url(&pool);
+    // keywatch follows from the head, then is down while the story happens
+    let first = keywatch(&cfg, &db, &["run", "--exit-when-caught-up"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(smtp.mails().is_empty());
+    let cursor = keywatch::store::cursor(&pool).await.unwrap().unwrap();
+    assert!(
+        cursor.height < 1006,
+        "the story's keys come later: {cursor:?}"
+    );
+    sim.advance_to(1045);
+    let second = keywatch(&cfg, &db, &["run", "--until-height", "1040"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    let alerts: Vec<(String, String, serde_json::Value)> =
+        sqlx::query_as("select title, severity, details from alerts order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        alerts.iter().any(|(t, _, _)| t.contains("full-access key")),
+        "the key added while keywatch was down is alerted: {alerts:?}"
+    );
+    assert!(
+        alerts.iter().all(|(_, _, d)| d["late"] == true),
+        "every alert of a missed block is marked late: {alerts:?}"
+    );
+    let critical: Vec<&String> = alerts
+        .iter()
+        .filter(|(_, s, _)| s == "critical")
+        .map(|(t, _, _)| t)
+        .collect();
+    let rest = alerts.len() - critical.len();
+    assert!(!critical.is_empty() && rest > 1, "{alerts:?}");
+    let mails = smtp.mails();
+    assert_eq!(
+        mails.len(),
+        critical.len() + 1,
+        "critical alerts one by one, the rest in one digest: {:?}",
+        mails
+            .iter()
+            .map(|m| m.header("Subject"))
+            .collect::<Vec<_>>()
+    );
+    for title in &critical {
+        let mail = mails
+            .iter()
+            .find(|m| {
+                m.header("Subject")
+                    .is_some_and(|s| s.ends_with(title.as_str()))
+            })
+            .unwrap_or_else(|| panic!("no mail for {title}"));
+        assert!(
+            mail.data.contains("decided while catching up"),
+            "{}",
+            mail.data
+        );
+    }
+    let digest = mails
+        .iter()
+        .find(|m| {
+            m.header("Subject")
+                .is_some_and(|s| s.contains(&format!("{rest} alerts on")))
+        })
+        .expect("one digest of the warning and info alerts");
+    assert!(digest.data.contains("decided while catching up"));
+}
