@@ -21,9 +21,14 @@ use crate::health::{Dependency, Health};
 use crate::notify::{Channels, SendError};
 use crate::store::StoreError;
 use crate::store::alerts::{
-    Decided, Delivery, Initial, Outcome, claim_due, insert_with_key, lock_pending,
+    Decided, Delivery, Initial, OUTBOX_CHANNEL, Outcome, claim_due, insert_with_key, lock_pending,
     lock_pending_ids, mark_escalated, recent_non_critical, record_attempt, retry_now, stuck,
 };
+
+/// The longest the dispatcher sleeps with nothing due.
+const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// How often it looks when it cannot be woken, or something due was held.
+const POLL_WAIT: Duration = Duration::from_millis(200);
 
 /// The follower is catching up while it is more than this many blocks
 /// behind the final head.
@@ -177,6 +182,12 @@ impl Dispatcher {
 
     /// One pass over the due deliveries; returns how many were attempted.
     pub async fn run_once(&self) -> Result<usize, DispatchError> {
+        self.pass(false).await
+    }
+
+    /// [`Self::run_once`]; `stopping` releases what waits for the end of a
+    /// catch-up, since the follower has stopped.
+    async fn pass(&self, stopping: bool) -> Result<usize, DispatchError> {
         let now = (self.now)();
         let due = {
             let mut tx = self.pool.begin().await?;
@@ -193,7 +204,7 @@ impl Dispatcher {
                 waiting.entry(d.channel.clone()).or_default().push(d);
             }
         }
-        let catching_up = self.catching_up();
+        let catching_up = !stopping && self.catching_up();
         for (channel, list) in waiting {
             // Late warning/info alerts (and the ingest_recovered that
             // explains them) wait until the follower reaches the head, then
@@ -389,30 +400,75 @@ impl Dispatcher {
         drain: Duration,
     ) -> Result<(), DispatchError> {
         let mut last_escalation = tokio::time::Instant::now() - Duration::from_secs(60);
+        let mut listener: Option<sqlx::postgres::PgListener> = None;
         loop {
             if *stop.borrow() {
                 break;
             }
-            if let Err(e) = self.run_once().await {
-                tracing::error!(error = %e, "dispatcher pass failed");
+            if listener.is_none() {
+                listener = crate::store::listen(&self.pool, &[OUTBOX_CHANNEL])
+                    .await
+                    .inspect_err(
+                        |e| tracing::warn!(error = %e, "cannot listen for new alerts; polling"),
+                    )
+                    .ok();
             }
+            let attempted = self.run_once().await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "dispatcher pass failed");
+                0
+            });
             if last_escalation.elapsed() >= Duration::from_secs(5) {
                 last_escalation = tokio::time::Instant::now();
                 if let Err(e) = self.escalate().await {
                     tracing::error!(error = %e, "escalation check failed");
                 }
             }
+            let wait = match &listener {
+                Some(_) => self.until_next_due(attempted).await,
+                None => POLL_WAIT,
+            };
+            // A commit that queued a delivery wakes us at once; retries
+            // wake us when they are due.
+            let woken = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                r = woken => if r.is_err() { listener = None },
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
         }
         let deadline = tokio::time::Instant::now() + drain;
         while tokio::time::Instant::now() < deadline && self.pending_due().await? > 0 {
-            self.run_once().await?;
+            self.pass(true).await?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
+    }
+
+    /// How long to sleep when nothing wakes us: until the next retry is due
+    /// (at most IDLE_WAIT, which also paces escalation checks), or
+    /// POLL_WAIT when something is due but was not sent (held for a digest,
+    /// or locked by another dispatcher).
+    async fn until_next_due(&self, attempted: usize) -> Duration {
+        if attempted > 0 {
+            return Duration::ZERO;
+        }
+        let next = async {
+            let mut conn = self.pool.acquire().await?;
+            crate::store::alerts::next_due(&mut conn).await
+        }
+        .await;
+        match next {
+            Ok(Some(t)) => (t - (self.now)())
+                .to_std()
+                .map_or(POLL_WAIT, |d| d.clamp(POLL_WAIT, IDLE_WAIT)),
+            Ok(None) => IDLE_WAIT,
+            Err(_) => POLL_WAIT,
+        }
     }
 
     async fn pending_due(&self) -> Result<i64, DispatchError> {

@@ -100,7 +100,16 @@ impl Snapshot {
             return format!("database unreachable: {}", f.error);
         }
         if let Some(f) = self.failing.get(&Dependency::Rpc) {
-            return format!("rpc failing: {}", f.error);
+            // Named with the block it waits on, so a response that keeps
+            // failing to parse points at the block to look at.
+            return match &self.cursor {
+                Some(c) => format!(
+                    "rpc failing (waiting on block {}): {}",
+                    c.height + 1,
+                    f.error
+                ),
+                None => format!("rpc failing: {}", f.error),
+            };
         }
         match self.lag() {
             Some(lag) => format!("behind the final head by {lag} block(s) and not advancing"),
@@ -285,7 +294,7 @@ mod tests {
         h.failed(Dependency::Rpc, "gave up after 3 attempts");
         assert_eq!(
             h.snapshot().stall_reason(),
-            "rpc failing: gave up after 3 attempts"
+            "rpc failing (waiting on block 11): gave up after 3 attempts"
         );
         h.failed(Dependency::Database, "connection refused");
         assert!(

@@ -42,11 +42,16 @@ async fn changes_for(
     per_request: usize,
 ) -> Result<Vec<StateChange>, IngestError> {
     let accounts: Vec<AccountId> = accounts.iter().cloned().collect();
+    let at = BlockRef::Hash(block.hash.clone());
+    // Independent requests: in parallel, answers kept in chunk order.
+    let answers = futures_util::future::try_join_all(
+        accounts
+            .chunks(per_request.max(1))
+            .map(|chunk| rpc.changes(&at, kind, chunk)),
+    )
+    .await?;
     let mut out = Vec::new();
-    for chunk in accounts.chunks(per_request.max(1)) {
-        let resp = rpc
-            .changes(&BlockRef::Hash(block.hash.clone()), kind, chunk)
-            .await?;
+    for resp in answers {
         if resp.block_hash != block.hash {
             return Err(IngestError::Node(format!(
                 "asked for the changes of block {}, got those of {}",
@@ -95,30 +100,22 @@ pub async fn fetch_block(
             }
         }
     }
-    let key_changes = if key_accounts.is_empty() {
-        vec![]
-    } else {
-        changes_for(
-            rpc,
-            &header,
-            ChangesKind::AllAccessKeys,
-            &key_accounts,
-            per_request,
-        )
-        .await?
+    // The key and the account changes are independent: asked together.
+    let fetch = |kind, accounts: &BTreeSet<AccountId>| {
+        let accounts = accounts.clone();
+        let header = &header;
+        async move {
+            if accounts.is_empty() {
+                Ok(vec![])
+            } else {
+                changes_for(rpc, header, kind, &accounts, per_request).await
+            }
+        }
     };
-    let account_changes = if balance_accounts.is_empty() {
-        vec![]
-    } else {
-        changes_for(
-            rpc,
-            &header,
-            ChangesKind::Accounts,
-            &balance_accounts,
-            per_request,
-        )
-        .await?
-    };
+    let (key_changes, account_changes) = tokio::try_join!(
+        fetch(ChangesKind::AllAccessKeys, &key_accounts),
+        fetch(ChangesKind::Accounts, &balance_accounts)
+    )?;
     Ok(BlockData {
         header,
         touched: effects.touched,

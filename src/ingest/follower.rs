@@ -18,6 +18,7 @@ use crate::ingest::apply::{Applied, apply_block};
 use crate::ingest::baseline::{ensure_baselines, read_baseline};
 use crate::ingest::fetch::fetch_block;
 use crate::ingest::headers::next_headers;
+use crate::ingest::pace::Pacer;
 use crate::ingest::reconcile::apply_fixes;
 use crate::rpc::{BlockRef, RpcClient};
 use crate::store::{self, Cursor};
@@ -167,6 +168,7 @@ pub async fn follow_into(
         last_report: Instant::now(),
         start_height: first.height,
     };
+    let mut pacer = Pacer::new(opts.poll_interval);
     loop {
         if *stop.borrow() {
             break;
@@ -196,6 +198,7 @@ pub async fn follow_into(
             }
         }
         let final_head = rpc.block(&BlockRef::Final).await?.header;
+        pacer.saw(final_head.height, Instant::now());
         crate::metrics::set(&crate::metrics::METRICS.head_height, final_head.height);
         if let Some(h) = health {
             h.saw_head(final_head.height);
@@ -236,7 +239,7 @@ pub async fn follow_into(
                 store::set_from_history(pool, false).await?;
             }
             tokio::select! {
-                _ = tokio::time::sleep(opts.poll_interval) => {}
+                _ = tokio::time::sleep(pacer.wait(Instant::now())) => {}
                 _ = stop.changed() => {}
             }
             continue;

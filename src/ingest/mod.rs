@@ -6,6 +6,7 @@
 //! - [`fetch`]: one block's changes for the watched accounts it touched.
 //! - [`apply`]: one block in one transaction, with the cursor advance.
 //! - [`follower`]: the loop behind `run` and `backfill`.
+//! - [`pace`]: when to ask for the next final head.
 //! - [`reconcile`]: stored state against the chain at a height the cursor has reached.
 //! - [`requests`]: work another process asks the running leader to do.
 //! - [`supervise`]: `run`'s follower, kept going through rpc and database outages.
@@ -17,6 +18,7 @@ pub mod baseline;
 pub mod fetch;
 pub mod follower;
 pub mod headers;
+pub mod pace;
 pub mod reconcile;
 pub mod replay;
 pub mod requests;

@@ -63,6 +63,9 @@ pub struct WatchState {
     /// Alerts sent but not yet written (the database was down).
     unrecorded: Vec<SelfAlert>,
     last_beat: Option<Instant>,
+    /// Whether this leadership has looked for a stall a former leader
+    /// raised and never closed.
+    adopted: bool,
 }
 
 impl WatchState {
@@ -139,7 +142,11 @@ impl Watchdog {
             || (snap.role == Role::Leader && !self.health.leads(self.takeover_after))
         {
             state.blind = None;
+            state.adopted = false;
             return;
+        }
+        if snap.role == Role::Leader && !state.adopted && state.blind.is_none() {
+            self.adopt_open_stall(state).await;
         }
         match &state.blind {
             None if snap.idle >= self.after => {
@@ -172,6 +179,31 @@ impl Watchdog {
         // page when nobody follows, not when a standby is alive.
         if snap.role == Role::Leader && state.blind.is_none() && snap.idle < self.after {
             self.beat(&mut state.last_beat).await;
+        }
+    }
+
+    /// Takes over the blind episode a former leader raised `ingest_stalled`
+    /// for, so this one's progress closes it with `ingest_recovered`.
+    async fn adopt_open_stall(&self, state: &mut WatchState) {
+        let open = async {
+            let mut conn = self.pool.acquire().await?;
+            crate::store::alerts::open_stall(&mut conn).await
+        }
+        .await;
+        match open {
+            Ok(since) => {
+                state.adopted = true;
+                if let Some(since) = since {
+                    tracing::info!(%since, "a former leader's stall is still open");
+                    state.blind = Some(Blind {
+                        since,
+                        raised: Instant::now(),
+                        reason: "raised by a former leader".to_owned(),
+                    });
+                }
+            }
+            // The database is down: look again on the next check.
+            Err(e) => tracing::debug!(error = %e, "looking for an open stall"),
         }
     }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -100,7 +99,7 @@ pub struct Transport {
     endpoints: Vec<Endpoint>,
     /// Index of the url calls start at; moves on failover.
     active: AtomicUsize,
-    limiter: Option<DefaultDirectRateLimiter>,
+    budget: Option<super::budget::Budget>,
     /// Follower requests waiting for the budget.
     following: AtomicUsize,
     /// One budget slot: how long a background request waits between looks.
@@ -167,16 +166,14 @@ impl Transport {
             .user_agent(concat!("keywatch/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SetupError::Client(e.to_string()))?;
-        // A burst of one spaces requests evenly, so no one-second window
-        // ever holds more than the budget.
-        let limiter = settings
+        let budget = settings
             .requests_per_second
-            .map(|rps| RateLimiter::direct(Quota::per_second(rps).allow_burst(NonZeroU32::MIN)));
+            .map(|rps| super::budget::Budget::new(rps.get() as usize));
         Ok(Transport {
             http,
             endpoints,
             active: AtomicUsize::new(0),
-            limiter,
+            budget,
             following: AtomicUsize::new(0),
             spacing: settings
                 .requests_per_second
@@ -299,16 +296,16 @@ impl Transport {
     /// other processes) only takes a slot no follower request is waiting
     /// for, so it never slows following down.
     async fn admit(&self, lane: Lane) {
-        let Some(limiter) = &self.limiter else {
+        let Some(budget) = &self.budget else {
             return;
         };
         match lane {
             Lane::Follow => {
                 let _waiting = Waiting::new(&self.following);
-                limiter.until_ready().await;
+                budget.take(false).await;
             }
             Lane::Background => loop {
-                if self.following.load(Ordering::SeqCst) == 0 && limiter.check().is_ok() {
+                if self.following.load(Ordering::SeqCst) == 0 && budget.try_take(true).is_ok() {
                     return;
                 }
                 tokio::time::sleep(self.spacing).await;

@@ -99,7 +99,32 @@ pub async fn insert_with_key(
         .execute(&mut *tx)
         .await?;
     }
+    if deliveries
+        .iter()
+        .any(|(_, initial)| matches!(initial, Initial::Pending))
+    {
+        // Wakes the dispatcher (whichever process leads) when this commits.
+        sqlx::query("select pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
     Ok(Some(id))
+}
+
+/// The dispatcher listens here: a notification is sent with every commit
+/// that queued a delivery.
+pub const OUTBOX_CHANNEL: &str = "keywatch_outbox";
+
+/// When the next pending delivery is due (served by the pending index).
+pub async fn next_due(
+    conn: &mut PgConnection,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select min(next_attempt_at) from alert_deliveries where status = 'pending'",
+    )
+    .fetch_one(conn)
+    .await?)
 }
 
 /// Whether the rule already fired for (account, key) at a block time after
@@ -121,6 +146,23 @@ pub async fn fired_since(
     .bind(since)
     .fetch_one(tx)
     .await?)
+}
+
+/// When keywatch went blind, if the last `ingest_stalled` has no
+/// `ingest_recovered` after it: a leader that takes over mid-episode closes
+/// it when it makes progress.
+pub async fn open_stall(
+    conn: &mut PgConnection,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+    let since: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
+        "select (s.details->>'blind_since')::timestamptz from alerts s
+         where s.rule = 'ingest_stalled'
+           and not exists (select 1 from alerts r where r.rule = 'ingest_recovered' and r.id > s.id)
+         order by s.id desc limit 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(since.flatten())
 }
 
 /// A delivery to send, with its alert.

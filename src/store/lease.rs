@@ -143,7 +143,8 @@ pub async fn overview(conn: &mut PgConnection) -> Result<Option<Overview>, Store
                 l.final_head, l.not_ready,
                 exists(select 1 from pg_stat_activity where application_name = l.holder) as holder_connected,
                 (select count(distinct application_name) from pg_stat_activity
-                 where application_name like 'keywatch-%' and application_name <> l.holder) as standbys
+                 where datname = current_database() and application_name like 'keywatch-%'
+                   and application_name <> l.holder) as standbys
          from leader_lease l where l.id = 1",
     )
     .fetch_optional(conn)

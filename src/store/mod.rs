@@ -57,6 +57,17 @@ pub const HISTORY_READS: &[(&str, &str)] = &[
     ("replay::UNKNOWN_IN_BLOCK", replay::UNKNOWN_IN_BLOCK),
 ];
 
+/// A connection listening on `channels` (LISTEN/NOTIFY). A notification
+/// is only a wake-up: listeners re-read the rows it is about.
+pub async fn listen(
+    pool: &PgPool,
+    channels: &[&str],
+) -> Result<sqlx::postgres::PgListener, StoreError> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen_all(channels.iter().copied()).await?;
+    Ok(listener)
+}
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {

@@ -238,7 +238,7 @@ async fn a_60_second_rpc_outage_is_mailed_while_it_lasts_and_run_catches_up(pool
         .find(|m| m.header("Subject").unwrap().contains("keywatch is blind"))
         .unwrap();
     assert!(
-        stalled.data.contains("rpc failing: "),
+        stalled.data.contains("rpc failing (waiting on block "),
         "says why: {}",
         stalled.data
     );
@@ -918,4 +918,76 @@ async fn alerts_of_blocks_missed_while_down_are_sent_late_critical_alone_the_res
         })
         .expect("one digest of the warning and info alerts");
     assert!(digest.data.contains("decided while catching up"));
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_leader_that_takes_over_mid_stall_closes_it_with_ingest_recovered(pool: PgPool) {
+    use keywatch::config::Severity;
+    use keywatch::health::{Health, Role};
+    use keywatch::ingest::watchdog::{WatchState, Watchdog};
+    use keywatch::rules::AlertDraft;
+    use keywatch::store::Cursor;
+    use keywatch::store::alerts::{Decided, insert};
+    // the former leader raised ingest_stalled 20 minutes ago, then died
+    let blind_since = chrono::Utc::now() - chrono::Duration::minutes(20);
+    let mut tx = pool.begin().await.unwrap();
+    let stalled = AlertDraft {
+        rule: "ingest_stalled",
+        severity: Severity::Critical,
+        account_id: String::new(),
+        public_key: None,
+        title: "keywatch is blind".to_owned(),
+        details: serde_json::json!({"blind_since": blind_since}),
+    };
+    let at = Decided {
+        block_height: 100,
+        block_hash: "h100",
+        block_time: blind_since,
+    };
+    insert(&mut tx, &stalled, &at, &[], true).await.unwrap();
+    tx.commit().await.unwrap();
+    let settings = keywatch::config::Settings::from_toml(
+        "[rpc]\nurls = [\"http://127.0.0.1:1/\"]\nchain_id = \"localnet\"\n[rules.ingest_stalled]\nafter = \"10s\"\n",
+        std::path::Path::new("t.toml"),
+        &Default::default(),
+    )
+    .unwrap();
+    let health = Arc::new(Health::default());
+    let dog = Watchdog::new(
+        pool.clone(),
+        &settings,
+        health.clone(),
+        Arc::new(keywatch::notify::Channels::from_settings(&settings).unwrap()),
+        Arc::new(chrono::Utc::now),
+    )
+    .unwrap();
+    let at = |height: u64| Cursor {
+        height,
+        hash: format!("h{height}"),
+        timestamp_ns: 1_700_000_000_000_000_000,
+    };
+    health.set_role(Role::Leader);
+    health.at_cursor(&at(100));
+    let mut state = WatchState::default();
+    dog.check(&mut state).await;
+    assert!(state.is_blind(), "the open episode is adopted");
+    // the new leader makes progress
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    health.committed(&at(101));
+    dog.check(&mut state).await;
+    assert!(!state.is_blind());
+    let titles: Vec<String> =
+        sqlx::query_scalar("select title from alerts where rule = 'ingest_recovered'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(titles.len(), 1, "{titles:?}");
+    assert!(
+        titles[0].starts_with("keywatch ingests again after being blind for 20m"),
+        "{titles:?}"
+    );
+    // closed: a later leadership finds nothing to adopt
+    let mut again = WatchState::default();
+    dog.check(&mut again).await;
+    assert!(!again.is_blind());
 }

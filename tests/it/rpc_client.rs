@@ -332,9 +332,11 @@ async fn background_requests_wait_while_following_needs_the_budget() {
         ..settings(&[&node.url])
     }));
     let background = std::sync::Arc::new(follow.background());
-    // the first request takes the only slot; then both lanes queue up,
+    // the follower fills this second's budget; then both lanes queue up,
     // the background lane first
-    follow.status().await.unwrap();
+    for _ in 0..20 {
+        follow.status().await.unwrap();
+    }
     let mut calls = Vec::new();
     for lane in ["background", "follow"] {
         for _ in 0..8 {
