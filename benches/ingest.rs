@@ -1,22 +1,30 @@
-//! Ingestion throughput against the simulator and a real Postgres.
+//! Ingestion throughput as users run it: every rule on, alerts delivered by
+//! email to an SMTP server on loopback (block times near now, so alerts are
+//! sent, not suppressed), a real Postgres.
 //!
 //!   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench --bench ingest
 //!
-//! Creates a scratch database, ingests a seeded chain (watched and
+//! Each run creates a scratch database, ingests a seeded chain (watched and
 //! unwatched accounts, calls with refunds, key additions and deletions,
-//! transfers) and prints blocks/s, rows/s and RPC requests per block.
+//! transfers) with the dispatcher delivering alongside, and prints blocks/s,
+//! rows/s, alerts, mails and RPC requests per block. Each load runs
+//! BENCH_REPEAT times (3) and the median is printed beside every run.
 //! Options via env: BENCH_BLOCKS (2000), BENCH_ACCOUNTS (200),
-//! BENCH_WATCHED (50), BENCH_TX_PER_BLOCK (20).
+//! BENCH_WATCHED (a list, "10,200"), BENCH_TX_PER_BLOCK (20).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keywatch::config::StartAt;
+use keywatch::config::{Settings, StartAt};
+use keywatch::ingest::alerts::AlertContext;
 use keywatch::ingest::baseline::{init_cursor, start_tracking};
 use keywatch::ingest::follower::{FollowOptions, follow};
 use keywatch::rpc::{RpcClient, RpcSettings};
 use keywatch::sim::scenario::GenSpec;
 use keywatch::sim::{Scenario, SimOptions, Simulator};
 use keywatch::store::watch::NewWatch;
+
+mod common;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -25,43 +33,66 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[tokio::main]
-async fn main() {
-    let blocks = env("BENCH_BLOCKS", 2000);
-    let accounts = env("BENCH_ACCOUNTS", 200) as usize;
-    let watched = env("BENCH_WATCHED", 50) as usize;
-    let per_block = env("BENCH_TX_PER_BLOCK", 20) as usize;
-    let base = std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must point at a Postgres role that may create databases");
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+struct Load {
+    blocks: u64,
+    accounts: usize,
+    watched: usize,
+    per_block: usize,
+}
+
+struct Run {
+    blocks_per_s: f64,
+    rows_per_s: f64,
+    requests_per_block: f64,
+    alerts: i64,
+    mails: usize,
+}
+
+async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accepted) -> Run {
+    let admin = sqlx::PgPool::connect(base).await.unwrap();
     let db = format!("keywatch_bench_{}", std::process::id());
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {db}")))
         .execute(&admin)
         .await
         .unwrap();
-    let mut url = reqwest::Url::parse(&base).unwrap();
+    let mut url = reqwest::Url::parse(base).unwrap();
     url.set_path(&db);
     let pool = keywatch::store::connect(url.as_str(), 10).await.unwrap();
     keywatch::store::migrate(&pool).await.unwrap();
 
     let start = 1_000_000;
-    let scenario = Scenario::generate(&GenSpec {
+    let mut scenario = Scenario::generate(&GenSpec {
         seed: 7,
-        accounts,
-        blocks,
-        actions_per_block: per_block,
+        accounts: load.accounts,
+        blocks: load.blocks,
+        actions_per_block: load.per_block,
         start_height: start,
     });
+    // the chain's blocks end now: alerts are news, so they are sent
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap() as u64;
+    scenario.chain.genesis_time_ns =
+        now_ns - load.blocks * scenario.chain.block_time.as_nanos() as u64;
     let sim = Simulator::start(scenario, SimOptions::default())
         .await
         .unwrap();
     sim.advance_to(start + 3);
+    let settings = Settings::from_toml(
+        &format!(
+            "[rpc]\nurls = [\"{}\"]\nchain_id = \"localnet\"\n\
+             [notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
+             from = \"kw@example.com\"\nto = [\"ops@example.com\"]\n",
+            sim.url()
+        ),
+        std::path::Path::new("bench.toml"),
+        &Default::default(),
+    )
+    .unwrap();
     let rpc = RpcClient::new(RpcSettings {
         urls: vec![sim.url()],
         ..RpcSettings::default()
     })
     .unwrap();
-    let watches: Vec<NewWatch> = (0..watched)
+    let watches: Vec<NewWatch> = (0..load.watched)
         .map(|i| NewWatch {
             account_id: keywatch::domain::AccountId::parse(&format!("acc{i}.sim.near")).unwrap(),
             label: None,
@@ -78,6 +109,18 @@ async fn main() {
         .unwrap();
     sim.run_to_end();
     let requests_before = sim.requests();
+    let mails_before = accepted.lock().unwrap().len();
+    let ctx = AlertContext::from_settings(&settings);
+    let dispatcher =
+        keywatch::dispatch::Dispatcher::new(pool.clone(), &settings, Arc::new(chrono::Utc::now))
+            .unwrap();
+    let (stop_dispatch, dispatch_rx) = tokio::sync::watch::channel(false);
+    let delivering = tokio::spawn(async move {
+        dispatcher
+            .run(dispatch_rx, Duration::from_secs(60))
+            .await
+            .unwrap()
+    });
     let (_tx, stop) = tokio::sync::watch::channel(false);
     let opts = FollowOptions {
         exit_when_caught_up: true,
@@ -86,22 +129,84 @@ async fn main() {
         ..FollowOptions::default()
     };
     let t = Instant::now();
-    let summary = follow(&pool, &rpc, &opts, None, stop).await.unwrap();
+    let summary = follow(&pool, &rpc, &opts, Some(&ctx), stop).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let rows = summary.key_rows + summary.balance_rows;
+    stop_dispatch.send_replace(true);
+    delivering.await.unwrap();
+    let alerts: i64 = sqlx::query_scalar("select count(*) from alerts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let run = Run {
+        blocks_per_s: summary.blocks as f64 / secs,
+        rows_per_s: (summary.key_rows + summary.balance_rows) as f64 / secs,
+        requests_per_block: (sim.requests() - requests_before) as f64 / summary.blocks as f64,
+        alerts,
+        mails: accepted.lock().unwrap().len() - mails_before,
+    };
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database {db} with (force)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    run
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let blocks = env("BENCH_BLOCKS", 2000);
+    let accounts = env("BENCH_ACCOUNTS", 200) as usize;
+    let per_block = env("BENCH_TX_PER_BLOCK", 20) as usize;
+    let repeat = env("BENCH_REPEAT", 3).max(1);
+    let watched: Vec<usize> = std::env::var("BENCH_WATCHED")
+        .unwrap_or_else(|_| "10,200".into())
+        .split(',')
+        .map(|w| w.trim().parse().expect("BENCH_WATCHED: a list of numbers"))
+        .collect();
+    let base = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must point at a Postgres role that may create databases");
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let sync: String = sqlx::query_scalar("show synchronous_commit")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let (smtp_port, accepted) = common::smtp_server().await;
     println!(
-        "ingest: {blocks} blocks x {per_block} tx/block, {accounts} accounts, {watched} watched"
+        "ingest with every rule on and email delivery: {blocks} blocks x {per_block} tx/block, {accounts} accounts, 1 block per transaction, synchronous_commit = {sync}, median of {repeat}"
     );
-    println!(
-        "  {} blocks in {secs:.2} s: {:.0} blocks/s",
-        summary.blocks,
-        summary.blocks as f64 / secs
-    );
-    println!("  {rows} history rows: {:.0} rows/s", rows as f64 / secs);
-    println!(
-        "  {:.2} rpc requests per block",
-        (sim.requests() - requests_before) as f64 / summary.blocks as f64
-    );
+    for w in watched {
+        let load = Load {
+            blocks,
+            accounts,
+            watched: w,
+            per_block,
+        };
+        let mut runs = Vec::new();
+        for _ in 0..repeat {
+            runs.push(once(&base, &load, smtp_port, &accepted).await);
+        }
+        let each: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{:.0}", r.blocks_per_s))
+            .collect();
+        let last = runs.last().unwrap();
+        println!(
+            "  {w:4} watched: {:6.0} blocks/s (runs: {}), {:6.0} history rows/s, {:.2} rpc requests/block, {} alerts, {} mails",
+            median(runs.iter().map(|r| r.blocks_per_s).collect()),
+            each.join(", "),
+            median(runs.iter().map(|r| r.rows_per_s).collect()),
+            last.requests_per_block,
+            last.alerts,
+            last.mails
+        );
+    }
     let peak = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -111,9 +216,4 @@ async fn main() {
         })
         .unwrap_or_else(|| "?".into());
     println!("  peak memory (VmHWM, simulator included): {peak} kB");
-    pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {db}")))
-        .execute(&admin)
-        .await
-        .unwrap();
 }

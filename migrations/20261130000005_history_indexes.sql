@@ -24,6 +24,3 @@ drop index balance_events_account_height;
 create index balance_events_height on balance_events (block_height);
 -- the last block at or before a time (a window's start)
 create index blocks_timestamp on blocks (block_timestamp_ns);
-
--- the last alert of a rule (an open stall a new leader closes)
-create index alerts_rule on alerts (rule, id);

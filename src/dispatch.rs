@@ -21,14 +21,17 @@ use crate::health::{Dependency, Health};
 use crate::notify::{Channels, SendError};
 use crate::store::StoreError;
 use crate::store::alerts::{
-    Decided, Delivery, Initial, OUTBOX_CHANNEL, Outcome, claim_due, insert_with_key, lock_pending,
-    lock_pending_ids, mark_escalated, recent_non_critical, record_attempt, retry_now, stuck,
+    Decided, Delivery, Initial, OUTBOX_CHANNEL, Outcome, claim_due, form_batch, insert_with_key,
+    lock_pending, lock_pending_ids, mark_escalated, recent_non_critical, record_attempt, retry_now,
+    stuck,
 };
 
 /// The longest the dispatcher sleeps with nothing due.
 const IDLE_WAIT: Duration = Duration::from_secs(5);
-/// How often it looks when it cannot be woken, or something due was held.
+/// How often it looks when it cannot be woken, or something due was not sent.
 const POLL_WAIT: Duration = Duration::from_millis(200);
+/// How often it looks while late alerts wait for the catch-up to end.
+const HOLD_WAIT: Duration = Duration::from_secs(1);
 
 /// The follower is catching up while it is more than this many blocks
 /// behind the final head.
@@ -177,7 +180,8 @@ impl Dispatcher {
     fn catching_up(&self) -> bool {
         self.health
             .as_ref()
-            .is_some_and(|h| h.snapshot().lag().is_some_and(|lag| lag > CAUGHT_UP_LAG))
+            // Until the follower has read a head, it may be far behind.
+            .is_some_and(|h| h.snapshot().lag().is_none_or(|lag| lag > CAUGHT_UP_LAG))
     }
 
     /// One pass over the due deliveries; returns how many were attempted.
@@ -206,6 +210,19 @@ impl Dispatcher {
         }
         let catching_up = !stopping && self.catching_up();
         for (channel, list) in waiting {
+            // Batches formed before go out again as they were.
+            let (formed, list): (Vec<Delivery>, Vec<Delivery>) =
+                list.into_iter().partition(|d| d.batch_id.is_some());
+            let mut batches: std::collections::BTreeMap<String, Vec<Delivery>> = Default::default();
+            for d in formed {
+                batches
+                    .entry(d.batch_id.clone().unwrap_or_default())
+                    .or_default()
+                    .push(d);
+            }
+            for batch in batches.into_values() {
+                attempted += self.deliver_batch(&channel, &batch).await?;
+            }
             // Late warning/info alerts (and the ingest_recovered that
             // explains them) wait until the follower reaches the head, then
             // go out as one digest; never longer than LATE_HOLD_MAX.
@@ -269,8 +286,30 @@ impl Dispatcher {
         channel: &str,
         list: &[Delivery],
     ) -> Result<usize, DispatchError> {
-        let mut tx = self.pool.begin().await?;
         let ids: Vec<i64> = list.iter().map(|d| d.delivery_id).collect();
+        // A batch formed before (and sent, perhaps, before a crash) keeps
+        // its id; a new one is named by its members and recorded first.
+        let batch_id = match list.first().and_then(|d| d.batch_id.clone()) {
+            Some(id)
+                if list
+                    .iter()
+                    .all(|d| d.batch_id.as_deref() == Some(id.as_str())) =>
+            {
+                id
+            }
+            _ => {
+                let mut members: Vec<&str> = list.iter().map(|d| d.dedup_key.as_str()).collect();
+                members.sort_unstable();
+                let id = format!(
+                    "batch-{}",
+                    crate::notify::alert_identity(&members.join("\n"))
+                );
+                let mut conn = self.pool.acquire().await?;
+                form_batch(&mut conn, &ids, &id).await?;
+                id
+            }
+        };
+        let mut tx = self.pool.begin().await?;
         let locked = lock_pending_ids(&mut tx, &ids).await?;
         let batch: Vec<Delivery> = list
             .iter()
@@ -280,14 +319,6 @@ impl Dispatcher {
         if batch.is_empty() {
             return Ok(0);
         }
-        // Named by its members: a batch re-sent after a crash keeps its id,
-        // and no two different batches share one.
-        let mut members: Vec<&str> = batch.iter().map(|d| d.dedup_key.as_str()).collect();
-        members.sort_unstable();
-        let batch_id = format!(
-            "batch-{}",
-            crate::notify::alert_identity(&members.join("\n"))
-        );
         let result = self.send(channel, &batch, Some(&batch_id)).await;
         let now = (self.now)();
         for d in &batch {
@@ -400,19 +431,12 @@ impl Dispatcher {
         drain: Duration,
     ) -> Result<(), DispatchError> {
         let mut last_escalation = tokio::time::Instant::now() - Duration::from_secs(60);
-        let mut listener: Option<sqlx::postgres::PgListener> = None;
+        let mut listening = crate::store::Listening::new(&[OUTBOX_CHANNEL]);
         loop {
             if *stop.borrow() {
                 break;
             }
-            if listener.is_none() {
-                listener = crate::store::listen(&self.pool, &[OUTBOX_CHANNEL])
-                    .await
-                    .inspect_err(
-                        |e| tracing::warn!(error = %e, "cannot listen for new alerts; polling"),
-                    )
-                    .ok();
-            }
+            let heard = listening.connect(&self.pool).await;
             let attempted = self.run_once().await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "dispatcher pass failed");
                 0
@@ -423,23 +447,14 @@ impl Dispatcher {
                     tracing::error!(error = %e, "escalation check failed");
                 }
             }
-            let wait = match &listener {
-                Some(_) => self.until_next_due(attempted).await,
-                None => POLL_WAIT,
-            };
             // A commit that queued a delivery wakes us at once; retries
             // wake us when they are due.
-            let woken = async {
-                match listener.as_mut() {
-                    Some(l) => l.recv().await.map(|_| ()),
-                    None => std::future::pending().await,
-                }
+            let wait = if heard {
+                self.until_next_due(attempted).await
+            } else {
+                POLL_WAIT
             };
-            tokio::select! {
-                r = woken => if r.is_err() { listener = None },
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
-            }
+            listening.wait(wait, &mut stop).await;
         }
         let deadline = tokio::time::Instant::now() + drain;
         while tokio::time::Instant::now() < deadline && self.pending_due().await? > 0 {
@@ -462,10 +477,17 @@ impl Dispatcher {
             crate::store::alerts::next_due(&mut conn).await
         }
         .await;
+        // Due but held for the digest: look again now and then, not on
+        // every poll.
+        let overdue = if self.catching_up() {
+            HOLD_WAIT
+        } else {
+            POLL_WAIT
+        };
         match next {
             Ok(Some(t)) => (t - (self.now)())
                 .to_std()
-                .map_or(POLL_WAIT, |d| d.clamp(POLL_WAIT, IDLE_WAIT)),
+                .map_or(overdue, |d| d.clamp(POLL_WAIT, IDLE_WAIT)),
             Ok(None) => IDLE_WAIT,
             Err(_) => POLL_WAIT,
         }

@@ -76,6 +76,7 @@ pub async fn test(config: &Path, channel: &str) -> CmdResult {
         title: "keywatch test alert".into(),
         details: serde_json::json!({}),
         created_at: now,
+        batch_id: None,
     };
     let n = &settings.notify;
     let result = match channel {

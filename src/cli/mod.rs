@@ -281,15 +281,20 @@ fn check_config(path: &std::path::Path) -> CmdResult {
 }
 
 pub async fn connect(settings: &Settings) -> Result<sqlx::PgPool, Failure> {
+    let pool = connect_as_is(settings).await?;
+    migrate_unless_led(settings, &pool).await?;
+    Ok(pool)
+}
+
+/// The database without migrating it (read-only commands).
+pub async fn connect_as_is(settings: &Settings) -> Result<sqlx::PgPool, Failure> {
     use anyhow::Context;
-    let pool = crate::store::connect(
+    Ok(crate::store::connect(
         settings.database.url.expose_secret(),
         settings.database.max_connections,
     )
     .await
-    .context("cannot connect to the database (database.url or DATABASE_URL)")?;
-    migrate_unless_led(settings, &pool).await?;
-    Ok(pool)
+    .context("cannot connect to the database (database.url or DATABASE_URL)")?)
 }
 
 /// Brings the schema up to this binary's, unless a running leader uses an

@@ -358,7 +358,10 @@ fn outage_of(e: &anyhow::Error) -> Option<Dependency> {
         }
         // Transparent wrappers hide the inner error from the chain.
         if let Some(e) = cause.downcast_ref::<IngestError>() {
-            return (!e.is_fatal()).then(|| e.dependency());
+            return match e {
+                IngestError::Db(e) | IngestError::Store(crate::store::StoreError::Db(e)) => db(e),
+                e => (!e.is_fatal()).then(|| e.dependency()),
+            };
         }
         match cause.downcast_ref::<TrackError>()? {
             TrackError::Rpc { source, .. } => rpc(source),
@@ -420,5 +423,52 @@ impl DogHandle {
     async fn finish(self) -> anyhow::Result<()> {
         self.stop.send_replace(true);
         self.task.await.context("the watchdog")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::baseline::TrackError;
+    use crate::rpc::RpcError;
+
+    fn timeout() -> RpcError {
+        RpcError::Timeout {
+            url: "http://127.0.0.1:1/".into(),
+            method: "block".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn rpc_failures_are_rpc_outages_however_they_are_wrapped() {
+        let wrapped = [
+            anyhow::Error::new(timeout()),
+            anyhow::Error::new(IngestError::Rpc(timeout())),
+            anyhow::Error::new(TrackError::Ingest(IngestError::Rpc(timeout()))).context("starting"),
+            anyhow::Error::new(TrackError::Rpc {
+                account: crate::domain::AccountId::parse("a.near").unwrap(),
+                at: "block 1".into(),
+                source: timeout(),
+            }),
+        ];
+        for e in wrapped {
+            assert_eq!(outage_of(&e), Some(Dependency::Rpc), "{e:#}");
+        }
+    }
+
+    #[test]
+    fn database_outages_are_waited_out_and_other_database_errors_are_not() {
+        let refused = || sqlx::Error::PoolTimedOut;
+        assert_eq!(
+            outage_of(&anyhow::Error::new(IngestError::Db(refused()))),
+            Some(Dependency::Database)
+        );
+        let bad = || sqlx::Error::ColumnNotFound("x".into());
+        assert_eq!(outage_of(&anyhow::Error::new(IngestError::Db(bad()))), None);
+        assert_eq!(
+            outage_of(&anyhow::Error::new(IngestError::Invalid("bad".into()))),
+            None
+        );
     }
 }

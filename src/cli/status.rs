@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cli::{CmdResult, Failure, connect, load_settings};
+use crate::cli::{CmdResult, Failure, connect_as_is, load_settings};
 use crate::rpc::{BlockRef, RpcClient};
 use crate::store::lease::Overview;
 use crate::store::overview::{Counts, LastReconcile};
@@ -67,8 +67,19 @@ impl From<LastReconcile> for Reconciled {
 
 pub async fn status(config: &Path, json: bool) -> CmdResult {
     let settings = load_settings(config)?;
-    let pool = connect(&settings).await?;
+    // Read-only: status never migrates, so it also works beside a leader on
+    // an older schema.
+    let pool = connect_as_is(&settings).await?;
     let mut conn = pool.acquire().await.context("connecting to the database")?;
+    if crate::store::lease::schema_version(&mut conn)
+        .await
+        .context("reading the schema version")?
+        .is_none()
+    {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "not ready: the database has no keywatch schema yet (`keywatch migrate` or `keywatch run` creates it)"
+        )));
+    }
     let lease = crate::store::lease::overview(&mut conn)
         .await
         .context("reading the leader lease")?;

@@ -284,6 +284,9 @@ fn parse_cron(s: String) -> Result<Option<cron::Schedule>, String> {
         .map_err(|e| format!("invalid cron expression {s:?} ({e}); 6 or 7 fields, seconds first, e.g. \"0 */30 * * * *\""))
 }
 
+/// The fewest pooled connections `run` works with.
+const MIN_CONNECTIONS: u32 = 5;
+
 impl Settings {
     /// How long ingestion may stand still before it counts as stalled: the
     /// `ingest_stalled` rule's `after` (5 minutes when unset).
@@ -379,6 +382,15 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Setti
         url: SecretString::from(env.get("DATABASE_URL").cloned().unwrap_or(file_url)),
         max_connections: f.get(p, "max_connections", 10),
     };
+    if database.max_connections < MIN_CONNECTIONS {
+        p.add(
+            "database.max_connections",
+            format!(
+                "{} is too few: the leader keeps two listening connections besides the follower, the lease renewer and the dispatcher; at least {MIN_CONNECTIONS}",
+                database.max_connections
+            ),
+        );
+    }
     f.finish(p);
 
     let mut f = root.table(p, "ingest");

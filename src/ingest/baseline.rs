@@ -131,26 +131,7 @@ pub async fn start_tracking(
                 other => TrackError::Ingest(other),
             })?);
         }
-        // Accounts already watched keep their history even once deleted.
-        let mut conn = pool.acquire().await.map_err(IngestError::from)?;
-        let mut missing = Vec::new();
-        for (w, b) in watches.iter().zip(&reads) {
-            if b.account.is_none()
-                && !store::watch::is_watched(&mut conn, &w.account_id)
-                    .await
-                    .map_err(IngestError::from)?
-            {
-                missing.push(w.account_id.to_string());
-            }
-        }
-        drop(conn);
-        if !missing.is_empty() && !allow_missing {
-            return Err(TrackError::Missing {
-                missing,
-                chain: chain.to_owned(),
-                at,
-            });
-        }
+        refuse_missing(pool, watches, &reads, allow_missing, chain, &at).await?;
         let mut tx = pool.begin().await.map_err(IngestError::from)?;
         if store::lock_cursor(&mut tx)
             .await
@@ -216,9 +197,34 @@ pub async fn ask_follower(
             keys: vec![],
         });
     }
+    refuse_missing(
+        pool,
+        watches,
+        &reads,
+        allow_missing,
+        chain,
+        "the final block",
+    )
+    .await?;
+    hand_to_follower(pool, watches, &reads).await
+}
+
+/// Refuses accounts the reads found missing, unless `allow_missing`.
+/// Accounts already watched keep their history even once deleted.
+async fn refuse_missing(
+    pool: &PgPool,
+    watches: &[NewWatch],
+    reads: &[Baseline],
+    allow_missing: bool,
+    chain: &str,
+    at: &str,
+) -> Result<(), TrackError> {
+    if allow_missing {
+        return Ok(());
+    }
     let mut conn = pool.acquire().await.map_err(IngestError::from)?;
     let mut missing = Vec::new();
-    for (w, b) in watches.iter().zip(&reads) {
+    for (w, b) in watches.iter().zip(reads) {
         if b.account.is_none()
             && !store::watch::is_watched(&mut conn, &w.account_id)
                 .await
@@ -227,15 +233,15 @@ pub async fn ask_follower(
             missing.push(w.account_id.to_string());
         }
     }
-    drop(conn);
-    if !missing.is_empty() && !allow_missing {
-        return Err(TrackError::Missing {
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(TrackError::Missing {
             missing,
             chain: chain.to_owned(),
-            at: "the final block".to_owned(),
-        });
+            at: at.to_owned(),
+        })
     }
-    hand_to_follower(pool, watches, &reads).await
 }
 
 /// Adds the accounts without a baseline and waits for the running follower
@@ -246,11 +252,7 @@ async fn hand_to_follower(
     watches: &[NewWatch],
     reads: &[Baseline],
 ) -> Result<Vec<Tracked>, TrackError> {
-    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
-        .await
-        .map_err(IngestError::from)?;
-    listener
-        .listen(store::requests::BASELINES)
+    let mut listener = store::listen(pool, &[store::requests::BASELINES])
         .await
         .map_err(IngestError::from)?;
     let mut tx = pool.begin().await.map_err(IngestError::from)?;
@@ -280,12 +282,7 @@ async fn hand_to_follower(
                 return Err(TrackError::Busy);
             }
             // A wake-up only: the rows say whether our accounts are done.
-            if let Ok(Err(e)) =
-                tokio::time::timeout(RECHECK_EVERY.min(deadline - now), listener.recv()).await
-            {
-                tracing::debug!(error = %e, "listening for baselines");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
+            store::notified_within(&mut listener, RECHECK_EVERY.min(deadline - now)).await;
         }
     }
     Ok(out)

@@ -6,8 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-/// How often to ask once the next block is due.
+/// How often to ask once the next block is due: at least this often...
 const DUE_STEP: Duration = Duration::from_millis(40);
+/// ...or a tenth of the block interval, if that is longer.
+const DUE_STEPS_PER_BLOCK: u32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct Pacer {
@@ -48,10 +50,10 @@ impl Pacer {
     /// How long to wait at `now` before asking again, when the follower is
     /// at the head.
     pub fn wait(&self, now: Instant) -> Duration {
-        let step = DUE_STEP.min(self.poll);
         let (Some((_, seen)), Some(per)) = (self.seen, self.per_block) else {
             return self.poll;
         };
+        let step = DUE_STEP.max(per / DUE_STEPS_PER_BLOCK).min(self.poll);
         // Aim a step early: a head is seen up to a step after it appears.
         let due = seen + per.saturating_sub(step);
         if now < due {
@@ -89,9 +91,10 @@ mod tests {
         let seen = t0 + 600 * MS;
         // due at 600 ms after the last head, asked a step early
         assert_eq!(p.wait(seen), 500 * MS, "capped by poll_interval");
-        assert_eq!(p.wait(seen + 300 * MS), 260 * MS);
-        assert_eq!(p.wait(seen + 560 * MS), DUE_STEP);
-        assert_eq!(p.wait(seen + 900 * MS), DUE_STEP);
+        // a step is a tenth of the interval: 60 ms
+        assert_eq!(p.wait(seen + 300 * MS), 240 * MS);
+        assert_eq!(p.wait(seen + 540 * MS), 60 * MS);
+        assert_eq!(p.wait(seen + 900 * MS), 60 * MS);
         // two intervals without a block: the chain pauses
         assert_eq!(p.wait(seen + 1_300 * MS), 500 * MS);
     }

@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use crate::domain::AccountId;
@@ -42,34 +41,16 @@ pub struct Server {
 
 impl Server {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut listener: Option<PgListener> = None;
+        let mut listening = crate::store::Listening::new(&[ASKED]);
         loop {
             if *stop.borrow() {
                 return;
             }
-            if listener.is_none() {
-                listener = match listen(&self.pool, ASKED).await {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for requests; sweeping for them instead");
-                        None
-                    }
-                };
-            }
+            listening.connect(&self.pool).await;
             if let Err(e) = self.serve_open().await {
                 tracing::warn!(error = %e, "serving requests");
             }
-            let woken = async {
-                match listener.as_mut() {
-                    Some(l) => l.recv().await.map(|_| ()),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = woken => if r.is_err() { listener = None },
-                _ = tokio::time::sleep(SWEEP_EVERY) => {}
-                _ = stop.changed() => {}
-            }
+            listening.wait(SWEEP_EVERY, &mut stop).await;
         }
     }
 
@@ -137,12 +118,6 @@ impl Server {
     }
 }
 
-async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(channel).await?;
-    Ok(listener)
-}
-
 /// Why the leader gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
@@ -177,7 +152,7 @@ pub async fn ask_leader(
     accounts: &[String],
     wait: Duration,
 ) -> Result<(i64, Result<serde_json::Value, String>), AskError> {
-    let mut listener = listen(pool, DONE).await?;
+    let mut listener = crate::store::listen(pool, &[DONE]).await?;
     let mut tx = pool.begin().await?;
     let id = requests::ask(&mut tx, kind, accounts).await?;
     tx.commit().await?;
@@ -199,12 +174,7 @@ pub async fn ask_leader(
             });
         }
         // Any answer wakes us; the row says whether it is ours.
-        if let Ok(Err(e)) =
-            tokio::time::timeout(RECHECK_EVERY.min(deadline - now), listener.recv()).await
-        {
-            tracing::debug!(error = %e, "listening for the answer");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        crate::store::notified_within(&mut listener, RECHECK_EVERY.min(deadline - now)).await;
     }
 }
 

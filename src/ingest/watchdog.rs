@@ -396,6 +396,7 @@ fn in_memory_delivery(
         title: a.draft.title.clone(),
         details: a.draft.details.clone(),
         created_at: now,
+        batch_id: None,
     }
 }
 

@@ -148,15 +148,15 @@ pub async fn fired_since(
     .await?)
 }
 
-/// When keywatch went blind, if the last `ingest_stalled` has no
-/// `ingest_recovered` after it: a leader that takes over mid-episode closes
-/// it when it makes progress.
+/// When keywatch went blind, if the last `ingest_stalled` (of the last day)
+/// has no `ingest_recovered` after it: a leader that takes over mid-episode
+/// closes it when it makes progress.
 pub async fn open_stall(
     conn: &mut PgConnection,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
     let since: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
         "select (s.details->>'blind_since')::timestamptz from alerts s
-         where s.rule = 'ingest_stalled'
+         where s.rule = 'ingest_stalled' and s.created_at > now() - interval '1 day'
            and not exists (select 1 from alerts r where r.rule = 'ingest_recovered' and r.id > s.id)
          order by s.id desc limit 1",
     )
@@ -184,10 +184,12 @@ pub struct Delivery {
     pub title: String,
     pub details: serde_json::Value,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The batch this delivery was given to, once one was formed for it.
+    pub batch_id: Option<String>,
 }
 
 const DELIVERY_COLUMNS: &str = "d.id as delivery_id, a.id as alert_id, a.dedup_key, d.channel, d.attempts, a.rule, a.severity, a.account_id,
-    a.public_key, a.block_height, a.block_hash, a.block_time, a.title, a.details, a.created_at";
+    a.public_key, a.block_height, a.block_hash, a.block_time, a.title, a.details, a.created_at, d.batch_id";
 
 /// Pending deliveries due now (skipping rows another transaction holds);
 /// each is locked again, one by one, when it is sent.
@@ -233,6 +235,26 @@ pub async fn lock_pending_ids(tx: &mut PgConnection, ids: &[i64]) -> Result<Vec<
     .bind(ids)
     .fetch_all(tx)
     .await?)
+}
+
+/// Gives pending deliveries that have no batch yet to `batch_id`, committed
+/// before the batch is sent: after a crash between the server accepting it
+/// and the attempt being recorded, the same members go out again under the
+/// same id.
+pub async fn form_batch(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    batch_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update alert_deliveries set batch_id = $2
+         where id = any($1) and status = 'pending' and batch_id is null",
+    )
+    .bind(ids)
+    .bind(batch_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A channel works again: deliveries waiting out a long backoff on it are

@@ -220,8 +220,15 @@ pub async fn live_holder(
     conn: &mut PgConnection,
     stale_after: std::time::Duration,
 ) -> Result<Option<String>, StoreError> {
-    Ok(overview(conn)
-        .await?
-        .filter(|l| l.is_live(stale_after))
-        .map(|l| l.holder))
+    // Only the columns of the lease's first migration: this runs before
+    // migrating, against any older schema (or none).
+    if !table_exists(conn).await? {
+        return Ok(None);
+    }
+    match read(conn).await? {
+        Some(l) if (l.age_ms.max(0) as u128) < stale_after.as_millis() => {
+            Ok(holder_connected(conn, &l.holder).await?.then_some(l.holder))
+        }
+        _ => Ok(None),
+    }
 }

@@ -68,6 +68,61 @@ pub async fn listen(
     Ok(listener)
 }
 
+/// Waits at most `max` for a notification on `listener` (or a moment, if
+/// the connection failed: it reconnects on the next call).
+pub async fn notified_within(listener: &mut sqlx::postgres::PgListener, max: std::time::Duration) {
+    if let Ok(Err(e)) = tokio::time::timeout(max, listener.recv()).await {
+        tracing::debug!(error = %e, "listening");
+        tokio::time::sleep(max.min(std::time::Duration::from_millis(200))).await;
+    }
+}
+
+/// A long-lived listener that reconnects: a loop calls [`Self::connect`]
+/// each round and [`Self::wait`] between rounds.
+pub struct Listening {
+    channels: &'static [&'static str],
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+impl Listening {
+    pub fn new(channels: &'static [&'static str]) -> Listening {
+        Listening {
+            channels,
+            listener: None,
+        }
+    }
+
+    /// Listens again if the connection was lost; false while it cannot.
+    pub async fn connect(&mut self, pool: &PgPool) -> bool {
+        if self.listener.is_none() {
+            self.listener = listen(pool, self.channels)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, channels = ?self.channels, "cannot listen; polling meanwhile"))
+                .ok();
+        }
+        self.listener.is_some()
+    }
+
+    /// Waits for a notification, `max`, or `stop`, whichever comes first.
+    pub async fn wait(
+        &mut self,
+        max: std::time::Duration,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        let woken = async {
+            match self.listener.as_mut() {
+                Some(l) => l.recv().await.map(|_| ()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = woken => if r.is_err() { self.listener = None },
+            _ = tokio::time::sleep(max) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {

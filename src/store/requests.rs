@@ -145,7 +145,7 @@ pub async fn finish(
     };
     sqlx::query(
         "with done as (update requests set finished_at = now(), outcome = $2, error = $3
-                       where id = $1 returning id)
+                       where id = $1 and finished_at is null returning id)
          select pg_notify($4, id::text) from done",
     )
     .bind(id)

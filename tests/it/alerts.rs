@@ -1123,3 +1123,91 @@ async fn late_warnings_wait_for_the_catch_up_to_end_then_go_out_as_one_digest(po
         "[WARNING] 3 alerts on acc1.near, acc2.near, acc3.near"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_batch_formed_before_a_crash_goes_out_again_with_the_same_members_and_id(pool: PgPool) {
+    use keywatch::config::Severity;
+    use keywatch::rules::AlertDraft;
+    use keywatch::store::alerts::{Decided, form_batch, insert};
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let s = settings("http://127.0.0.1:9/", smtp.port, &hook.url, "3650days", "");
+    let warn = |n: u32| AlertDraft {
+        rule: "key_deleted",
+        severity: Severity::Warning,
+        account_id: format!("acc{n}.near"),
+        public_key: None,
+        title: format!("key deleted on acc{n}.near"),
+        details: serde_json::json!({}),
+    };
+    let queue = |n: u32| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let hash = format!("h{n}");
+            let at = Decided {
+                block_height: 100 + u64::from(n),
+                block_hash: &hash,
+                block_time: chrono::Utc::now(),
+            };
+            let id = insert(&mut tx, &warn(n), &at, &["email"], true)
+                .await
+                .unwrap()
+                .unwrap();
+            tx.commit().await.unwrap();
+            id
+        }
+    };
+    for n in 0..3 {
+        queue(n).await;
+    }
+    // a dispatcher formed a batch of the three, the server accepted it, and
+    // the process died before recording the attempt
+    let ids: Vec<i64> = sqlx::query_scalar("select id from alert_deliveries order by id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    form_batch(&mut conn, &ids, "batch-before-the-crash")
+        .await
+        .unwrap();
+    drop(conn);
+    // meanwhile another alert was queued
+    queue(3).await;
+    let (_, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
+    dispatch_all(&d).await;
+    let subjects: Vec<(String, String)> = smtp
+        .mails()
+        .iter()
+        .map(|m| {
+            (
+                m.header("Subject").unwrap(),
+                m.header("Message-ID").unwrap(),
+            )
+        })
+        .collect();
+    let again = subjects
+        .iter()
+        .find(|(_, id)| id.contains("batch-before-the-crash"))
+        .unwrap_or_else(|| panic!("the formed batch was not re-sent under its id: {subjects:?}"));
+    assert!(
+        again
+            .0
+            .contains("3 alerts on acc0.near, acc1.near, acc2.near"),
+        "{again:?}"
+    );
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    // the later alert did not join it: it waits for the next batch interval
+    let waiting: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "select a.account_id, d.status, d.batch_id from alert_deliveries d join alerts a on a.id = d.alert_id
+         where d.status <> 'delivered'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        waiting,
+        [("acc3.near".to_owned(), "pending".to_owned(), None)]
+    );
+}

@@ -556,3 +556,21 @@ async fn only_a_renewed_lease_with_a_session_is_a_live_leader(pool: PgPool) {
         .unwrap();
     assert_eq!(lease::live_holder(&mut conn, after).await.unwrap(), None);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_database_never_migrated_has_no_live_leader(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let after = std::time::Duration::from_secs(10);
+    assert_eq!(
+        keywatch::store::lease::live_holder(&mut conn, after)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        keywatch::store::lease::schema_version(&mut conn)
+            .await
+            .unwrap(),
+        None
+    );
+}
