@@ -10,7 +10,10 @@
 //! rows/s, alerts, mails and RPC requests per block. Each load runs
 //! BENCH_REPEAT times (3) and the median is printed beside every run.
 //! Options via env: BENCH_BLOCKS (2000), BENCH_ACCOUNTS (200),
-//! BENCH_WATCHED (a list, "10,200"), BENCH_TX_PER_BLOCK (20).
+//! BENCH_WATCHED (a list, "10,200"), BENCH_TX_PER_BLOCK (20). Then one run
+//! under a request budget (BENCH_BUDGET, 15 requests/s; BENCH_BUDGET_BLOCKS,
+//! 300) prints the catch-up rate it allows and the most requests the
+//! simulator saw in any one second.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +41,8 @@ struct Load {
     accounts: usize,
     watched: usize,
     per_block: usize,
+    /// `rpc.requests_per_second`; `None` is unlimited.
+    budget: Option<u32>,
 }
 
 struct Run {
@@ -46,6 +51,8 @@ struct Run {
     requests_per_block: f64,
     alerts: i64,
     mails: usize,
+    /// The most requests the simulator saw within one second.
+    peak_per_second: usize,
 }
 
 async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accepted) -> Run {
@@ -89,6 +96,7 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
     .unwrap();
     let rpc = RpcClient::new(RpcSettings {
         urls: vec![sim.url()],
+        requests_per_second: load.budget.and_then(std::num::NonZeroU32::new),
         ..RpcSettings::default()
     })
     .unwrap();
@@ -143,6 +151,7 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         requests_per_block: (sim.requests() - requests_before) as f64 / summary.blocks as f64,
         alerts,
         mails: accepted.lock().unwrap().len() - mails_before,
+        peak_per_second: sim.peak_requests_per_second(),
     };
     pool.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -187,6 +196,7 @@ async fn main() {
             accounts,
             watched: w,
             per_block,
+            budget: None,
         };
         let mut runs = Vec::new();
         for _ in 0..repeat {
@@ -207,6 +217,21 @@ async fn main() {
             last.mails
         );
     }
+    // Under a request budget: the catch-up rate it allows, and whether any
+    // second saw more requests than it.
+    let budget = env("BENCH_BUDGET", 15) as u32;
+    let load = Load {
+        blocks: env("BENCH_BUDGET_BLOCKS", 300),
+        accounts,
+        watched: 10,
+        per_block,
+        budget: Some(budget),
+    };
+    let r = once(&base, &load, smtp_port, &accepted).await;
+    println!(
+        "  budget {budget} requests/s, 10 watched, {} blocks: {:.1} blocks/s catch-up, at most {} requests in any one second at the node",
+        load.blocks, r.blocks_per_s, r.peak_per_second
+    );
     let peak = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

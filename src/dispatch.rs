@@ -21,9 +21,9 @@ use crate::health::{Dependency, Health};
 use crate::notify::{Channels, SendError};
 use crate::store::StoreError;
 use crate::store::alerts::{
-    Decided, Delivery, Initial, OUTBOX_CHANNEL, Outcome, claim_due, form_batch, insert_with_key,
-    lock_pending, lock_pending_ids, mark_escalated, recent_non_critical, record_attempt, retry_now,
-    stuck,
+    Decided, Delivery, Initial, OUTBOX_CHANNEL, Outcome, SENT_ALONE, claim_due, form_batch,
+    insert_with_key, lock_pending, lock_pending_ids, mark_escalated, recent_non_critical,
+    record_attempt, retry_now, stuck,
 };
 
 /// The longest the dispatcher sleeps with nothing due.
@@ -220,8 +220,14 @@ impl Dispatcher {
                     .or_default()
                     .push(d);
             }
-            for batch in batches.into_values() {
-                attempted += self.deliver_batch(&channel, &batch).await?;
+            for (id, batch) in batches {
+                if id == SENT_ALONE {
+                    for d in batch {
+                        attempted += usize::from(self.deliver_one(d.delivery_id).await?);
+                    }
+                } else {
+                    attempted += self.deliver_batch(&channel, &batch).await?;
+                }
             }
             // Late warning/info alerts (and the ingest_recovered that
             // explains them) wait until the follower reaches the head, then
@@ -259,6 +265,12 @@ impl Dispatcher {
 
     /// Locks one delivery, sends it and records the attempt in one transaction.
     async fn deliver_one(&self, delivery_id: i64) -> Result<bool, DispatchError> {
+        // Recorded first: after a crash between the server accepting it and
+        // the attempt being recorded, it goes out alone again, under the
+        // same Message-ID, never inside a batch.
+        let mut conn = self.pool.acquire().await?;
+        form_batch(&mut conn, &[delivery_id], SENT_ALONE).await?;
+        drop(conn);
         let mut tx = self.pool.begin().await?;
         let Some(d) = lock_pending(&mut tx, delivery_id).await? else {
             return Ok(false);

@@ -56,6 +56,9 @@ struct Inner {
     clock: Clock,
     until: Option<u64>,
     faults: FaultState,
+    /// Arrivals of the last second, and the most any second has held.
+    recent: std::collections::VecDeque<std::time::Instant>,
+    peak_per_second: usize,
 }
 
 impl Inner {
@@ -96,6 +99,8 @@ impl Simulator {
             clock: options.clock,
             until: options.until,
             faults: FaultState::new(faults),
+            recent: std::collections::VecDeque::new(),
+            peak_per_second: 0,
         }));
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
@@ -161,6 +166,11 @@ impl Simulator {
     }
 
     /// Requests served so far.
+    /// The most requests that arrived within any one second.
+    pub fn peak_requests_per_second(&self) -> usize {
+        lock(&self.inner).peak_per_second
+    }
+
     pub fn requests(&self) -> u64 {
         lock(&self.inner).faults.requests
     }
@@ -221,6 +231,16 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Response
         .to_owned();
     let (decision, profile) = {
         let mut g = lock(&inner);
+        let now = std::time::Instant::now();
+        g.recent.push_back(now);
+        while g
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            g.recent.pop_front();
+        }
+        g.peak_per_second = g.peak_per_second.max(g.recent.len());
         (g.faults.decide(&method), g.profile)
     };
     if !decision.latency.is_zero() {

@@ -237,6 +237,10 @@ pub async fn lock_pending_ids(tx: &mut PgConnection, ids: &[i64]) -> Result<Vec<
     .await?)
 }
 
+/// The `batch_id` of a pending delivery being sent on its own (cleared when
+/// the attempt is recorded).
+pub const SENT_ALONE: &str = "alone";
+
 /// Gives pending deliveries that have no batch yet to `batch_id`, committed
 /// before the batch is sent: after a crash between the server accepting it
 /// and the attempt being recorded, the same members go out again under the

@@ -1211,3 +1211,94 @@ async fn a_batch_formed_before_a_crash_goes_out_again_with_the_same_members_and_
         [("acc3.near".to_owned(), "pending".to_owned(), None)]
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn an_alert_sent_alone_before_a_crash_goes_out_alone_again_not_in_a_batch(pool: PgPool) {
+    use keywatch::config::Severity;
+    use keywatch::rules::AlertDraft;
+    use keywatch::store::alerts::{Decided, SENT_ALONE, form_batch, insert};
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let s = settings("http://127.0.0.1:9/", smtp.port, &hook.url, "3650days", "");
+    let warn = |n: u32| AlertDraft {
+        rule: "key_deleted",
+        severity: Severity::Warning,
+        account_id: format!("acc{n}.near"),
+        public_key: None,
+        title: format!("key deleted on acc{n}.near"),
+        details: serde_json::json!({}),
+    };
+    let queue = |n: u32| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let hash = format!("h{n}");
+            let at = Decided {
+                block_height: 100 + u64::from(n),
+                block_hash: &hash,
+                block_time: chrono::Utc::now(),
+            };
+            let id = insert(&mut tx, &warn(n), &at, &["email"], true)
+                .await
+                .unwrap()
+                .unwrap();
+            tx.commit().await.unwrap();
+            id
+        }
+    };
+    for n in 0..3 {
+        queue(n).await;
+    }
+    // a dispatcher was sending the first on its own, the server accepted
+    // it, and the process died before recording the attempt
+    let first: i64 = sqlx::query_scalar("select min(id) from alert_deliveries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    form_batch(&mut conn, &[first], SENT_ALONE).await.unwrap();
+    drop(conn);
+    // many more arrive: enough to be batched
+    for n in 3..15 {
+        queue(n).await;
+    }
+    let (_, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
+    dispatch_all(&d).await;
+    let dedup: String = sqlx::query_scalar(
+        "select a.dedup_key from alerts a join alert_deliveries d on d.alert_id = a.id where d.id = $1",
+    )
+    .bind(first)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let alone = keywatch::notify::alert_identity(&dedup);
+    let mails: Vec<(String, String)> = smtp
+        .mails()
+        .iter()
+        .map(|m| {
+            (
+                m.header("Subject").unwrap(),
+                m.header("Message-ID").unwrap(),
+            )
+        })
+        .collect();
+    let again = mails
+        .iter()
+        .find(|(_, id)| id.contains(&alone))
+        .unwrap_or_else(|| panic!("not re-sent under its own id: {mails:?}"));
+    assert_eq!(again.0, "[WARNING] key deleted on acc0.near", "{mails:?}");
+    let (status, batch): (String, Option<String>) =
+        sqlx::query_as("select status, batch_id from alert_deliveries where id = $1")
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), batch), ("delivered", None));
+    assert!(
+        mails
+            .iter()
+            .any(|(subject, _)| subject.contains("alerts on")),
+        "the rest were batched: {mails:?}"
+    );
+}
