@@ -1124,15 +1124,12 @@ async fn late_warnings_wait_for_the_catch_up_to_end_then_go_out_as_one_digest(po
     );
 }
 
-#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
-async fn a_batch_formed_before_a_crash_goes_out_again_with_the_same_members_and_id(pool: PgPool) {
+/// Queues a `key_deleted` warning for `acc{n}.near` (email only).
+async fn queue_warning(pool: &PgPool, n: u32) -> i64 {
     use keywatch::config::Severity;
     use keywatch::rules::AlertDraft;
-    use keywatch::store::alerts::{Decided, form_batch, insert};
-    let smtp = SmtpServer::start().await;
-    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
-    let s = settings("http://127.0.0.1:9/", smtp.port, &hook.url, "3650days", "");
-    let warn = |n: u32| AlertDraft {
+    use keywatch::store::alerts::{Decided, insert};
+    let draft = AlertDraft {
         rule: "key_deleted",
         severity: Severity::Warning,
         account_id: format!("acc{n}.near"),
@@ -1140,24 +1137,28 @@ async fn a_batch_formed_before_a_crash_goes_out_again_with_the_same_members_and_
         title: format!("key deleted on acc{n}.near"),
         details: serde_json::json!({}),
     };
-    let queue = |n: u32| {
-        let pool = pool.clone();
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            let hash = format!("h{n}");
-            let at = Decided {
-                block_height: 100 + u64::from(n),
-                block_hash: &hash,
-                block_time: chrono::Utc::now(),
-            };
-            let id = insert(&mut tx, &warn(n), &at, &["email"], true)
-                .await
-                .unwrap()
-                .unwrap();
-            tx.commit().await.unwrap();
-            id
-        }
+    let hash = format!("h{n}");
+    let at = Decided {
+        block_height: 100 + u64::from(n),
+        block_hash: &hash,
+        block_time: chrono::Utc::now(),
     };
+    let mut tx = pool.begin().await.unwrap();
+    let id = insert(&mut tx, &draft, &at, &["email"], true)
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_batch_formed_before_a_crash_goes_out_again_with_the_same_members_and_id(pool: PgPool) {
+    use keywatch::store::alerts::form_batch;
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let s = settings("http://127.0.0.1:9/", smtp.port, &hook.url, "3650days", "");
+    let queue = |n: u32| queue_warning(&pool, n);
     for n in 0..3 {
         queue(n).await;
     }
@@ -1214,38 +1215,11 @@ async fn a_batch_formed_before_a_crash_goes_out_again_with_the_same_members_and_
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn an_alert_sent_alone_before_a_crash_goes_out_alone_again_not_in_a_batch(pool: PgPool) {
-    use keywatch::config::Severity;
-    use keywatch::rules::AlertDraft;
-    use keywatch::store::alerts::{Decided, SENT_ALONE, form_batch, insert};
+    use keywatch::store::alerts::{SENT_ALONE, form_batch};
     let smtp = SmtpServer::start().await;
     let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
     let s = settings("http://127.0.0.1:9/", smtp.port, &hook.url, "3650days", "");
-    let warn = |n: u32| AlertDraft {
-        rule: "key_deleted",
-        severity: Severity::Warning,
-        account_id: format!("acc{n}.near"),
-        public_key: None,
-        title: format!("key deleted on acc{n}.near"),
-        details: serde_json::json!({}),
-    };
-    let queue = |n: u32| {
-        let pool = pool.clone();
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            let hash = format!("h{n}");
-            let at = Decided {
-                block_height: 100 + u64::from(n),
-                block_hash: &hash,
-                block_time: chrono::Utc::now(),
-            };
-            let id = insert(&mut tx, &warn(n), &at, &["email"], true)
-                .await
-                .unwrap()
-                .unwrap();
-            tx.commit().await.unwrap();
-            id
-        }
-    };
+    let queue = |n: u32| queue_warning(&pool, n);
     for n in 0..3 {
         queue(n).await;
     }
