@@ -33,8 +33,11 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 impl WebhookSender {
     pub fn new(cfg: &WebhookConfig, explorer: &str) -> Result<WebhookSender, String> {
         crate::rpc::transport::install_crypto_provider();
+        // A redirect would re-post the signed body to an address nobody
+        // configured: it is not followed.
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(WebhookSender {
@@ -92,6 +95,12 @@ impl WebhookSender {
             408 | 429 | 500..=599 => Err(SendError {
                 permanent: false,
                 message: format!("webhook {shown}: HTTP {status}"),
+            }),
+            300..=399 => Err(SendError {
+                permanent: true,
+                message: format!(
+                    "webhook {shown}: HTTP {status}: redirects are not followed (the signed alert would go to another address); set notify.webhook.url to the final address"
+                ),
             }),
             _ => Err(SendError {
                 permanent: true,

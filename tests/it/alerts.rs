@@ -1276,3 +1276,32 @@ async fn an_alert_sent_alone_before_a_crash_goes_out_alone_again_not_in_a_batch(
         "the rest were batched: {mails:?}"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_webhook_redirect_is_not_followed_and_fails_the_delivery(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let elsewhere = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let target = elsewhere.url.clone();
+    let hook =
+        FakeNode::start(move |_, _| Canned::text(307, "moved").with_header("location", &target))
+            .await;
+    let (s, _sim) = one_alert_story(&pool, &smtp, &hook).await;
+    let (_, now) = clock();
+    let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
+    d.run_once().await.unwrap();
+    let (status, attempts) = delivery(&pool, "webhook").await;
+    assert_eq!((status.as_str(), attempts), ("failed", 1));
+    assert!(
+        elsewhere.bodies().is_empty(),
+        "the signed body went to the redirect's target"
+    );
+    let error: String =
+        sqlx::query_scalar("select last_error from alert_deliveries where channel = 'webhook'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        error.contains("HTTP 307: redirects are not followed"),
+        "{error}"
+    );
+}
