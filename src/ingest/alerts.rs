@@ -353,7 +353,7 @@ async fn balance_drop(
         return Ok(None);
     };
     let start = window_start(r, now_ns);
-    let Some(window::BalanceRow {
+    let Some(window::BalanceValues {
         amount: Some(b_amount),
         locked: Some(b_locked),
     }) = window::balance_before(tx, account.as_str(), start).await?

@@ -167,12 +167,12 @@ pub async fn key_before(
 
 /// An account's balance as one write left it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct BalanceRow {
+pub struct BalanceValues {
     pub amount: Option<BigDecimal>,
     pub locked: Option<BigDecimal>,
 }
 
-/// [`BalanceRow`] with whether the write deleted the account.
+/// [`BalanceValues`] with whether the write deleted the account.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct BalanceWrite {
     pub amount: Option<BigDecimal>,
@@ -196,7 +196,7 @@ pub async fn balance_before(
     conn: &mut PgConnection,
     account: &str,
     start_ns: i64,
-) -> Result<Option<BalanceRow>, StoreError> {
+) -> Result<Option<BalanceValues>, StoreError> {
     Ok(sqlx::query_as(BALANCE_BEFORE)
         .bind(account)
         .bind(start_ns)

@@ -233,3 +233,14 @@ fn a_budget_too_small_for_mainnet_is_refused() {
         "{p:?}"
     );
 }
+
+#[test]
+fn too_few_database_connections_are_refused() {
+    let text = shipped().replace("max_connections = 10", "max_connections = 2");
+    let p = problems(&text, &[]);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("database.max_connections: 2 is too few"),
+        "{p:?}"
+    );
+}
