@@ -149,9 +149,14 @@ pub async fn block_rules(
     header: &BlockHeader,
     accounts: &[AccountBlock],
 ) -> Result<usize, IngestError> {
+    if accounts.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<&AccountId> = accounts.iter().map(|ab| &ab.account).collect();
+    let watch = crate::store::watch::get_many(tx, &names).await?;
     let mut drafts = Vec::new();
     for ab in accounts {
-        let Some(w) = crate::store::watch::get(tx, &ab.account).await? else {
+        let Some(w) = watch.get(&ab.account) else {
             continue;
         };
         let rules = ctx.rules_for(&ab.account);

@@ -3,6 +3,7 @@
 //! strictly in order, one transaction each), pick up watch-list changes,
 //! and stop cleanly between transactions.
 
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,12 +12,13 @@ use futures_util::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::domain::AccountId;
 use crate::health::Health;
 use crate::ingest::IngestError;
 use crate::ingest::alerts::AlertContext;
-use crate::ingest::apply::{Applied, apply_block};
+use crate::ingest::apply::apply_blocks;
 use crate::ingest::baseline::{ensure_baselines, read_baseline};
-use crate::ingest::fetch::fetch_block;
+use crate::ingest::fetch::{BlockData, fetch_block};
 use crate::ingest::headers::next_headers;
 use crate::ingest::pace::Pacer;
 use crate::ingest::reconcile::apply_fixes;
@@ -34,6 +36,9 @@ pub struct FollowOptions {
     pub poll_interval: Duration,
     /// Blocks fetched at once.
     pub concurrency: usize,
+    /// The most blocks one transaction applies, when that many are fetched
+    /// and waiting (catching up); at the head each block commits alone.
+    pub blocks_per_transaction: usize,
     pub accounts_per_request: usize,
     /// Show progress (a bar on a terminal, log lines otherwise).
     pub progress: bool,
@@ -51,6 +56,7 @@ impl Default for FollowOptions {
             accept_gap: false,
             poll_interval: Duration::from_millis(500),
             concurrency: 8,
+            blocks_per_transaction: 32,
             accounts_per_request: 100,
             progress: false,
             health: None,
@@ -212,7 +218,8 @@ pub async fn follow_into(
             .until_height
             .map(|u| u.max(cursor.height + 1))
             .unwrap_or(u64::MAX);
-        let window = (opts.concurrency as u64 * 4).min(limit.saturating_sub(cursor.height).max(1));
+        let window = ((opts.concurrency * 4).max(opts.blocks_per_transaction * 4) as u64)
+            .min(limit.saturating_sub(cursor.height).max(1));
         let headers = match next_headers(rpc, &cursor, &final_head, window, opts.concurrency).await
         {
             Ok(h) => h,
@@ -248,67 +255,156 @@ pub async fn follow_into(
             let mut conn = pool.acquire().await?;
             store::watch::tracked(&mut conn).await?
         };
-        let per_request = opts.accounts_per_request;
-        let fetches = futures_util::stream::iter(headers)
-            .map(|h| {
-                let watched = watched.clone();
-                async move { fetch_block(rpc, h, &watched, per_request).await }
-            })
-            .buffered(opts.concurrency.max(1));
-        futures_util::pin_mut!(fetches);
-        while let Some(data) = fetches.next().await {
-            let mut data = data?;
-            loop {
-                match apply_block(pool, &data, alerts, opts.epoch).await? {
-                    Applied::Block {
-                        key_rows,
-                        balance_rows,
-                    } => {
-                        use crate::metrics::{METRICS, add, set};
-                        add(&METRICS.blocks, 1);
-                        add(&METRICS.key_rows, key_rows as u64);
-                        add(&METRICS.balance_rows, balance_rows as u64);
-                        set(&METRICS.cursor_height, data.header.height);
-                        summary.blocks += 1;
-                        summary.key_rows += key_rows as u64;
-                        summary.balance_rows += balance_rows as u64;
-                        summary.last_height = data.header.height;
-                        if let Some(h) = health {
-                            h.committed(&Cursor {
-                                height: data.header.height,
-                                hash: data.header.hash.to_string(),
-                                timestamp_ns: data.header.timestamp_ns,
-                            });
-                        }
-                        break;
-                    }
-                    Applied::AlreadyApplied => break,
-                    Applied::Refetch(missed) => {
-                        tracing::info!(
-                            height = data.header.height,
-                            accounts = missed.len(),
-                            "watch list changed: fetching the block again"
-                        );
-                        let mut conn = pool.acquire().await?;
-                        let now = store::watch::tracked(&mut conn).await?;
-                        data = fetch_block(rpc, data.header.clone(), &now, per_request).await?;
-                    }
-                }
-            }
-            progress.report(
-                summary,
-                opts.until_height
-                    .unwrap_or(final_head.height)
-                    .max(summary.last_height),
-                false,
-            );
-            if *stop.borrow() || opts.until_height.is_some_and(|u| summary.last_height >= u) {
-                break;
-            }
+        let run = Follow {
+            pool,
+            rpc,
+            opts,
+            alerts,
+            stop: &stop,
+            report_to: opts.until_height.unwrap_or(final_head.height),
+        };
+        run.ingest(headers, watched, summary, &mut progress).await?;
+        if *stop.borrow() || opts.until_height.is_some_and(|u| summary.last_height >= u) {
+            break;
         }
     }
     progress.report(summary, summary.last_height, true);
     Ok(())
+}
+
+/// What one pass over fetched headers needs.
+struct Follow<'a> {
+    pool: &'a PgPool,
+    rpc: &'a RpcClient,
+    opts: &'a FollowOptions,
+    alerts: Option<&'a AlertContext>,
+    stop: &'a watch::Receiver<bool>,
+    /// The height progress is reported against.
+    report_to: u64,
+}
+
+impl Follow<'_> {
+    fn done(&self, summary: &FollowSummary) -> bool {
+        *self.stop.borrow()
+            || self
+                .opts
+                .until_height
+                .is_some_and(|u| summary.last_height >= u)
+    }
+
+    /// Fetches the blocks of `headers` ahead in a task of their own (at
+    /// most `concurrency` at once, a bounded channel of them waiting) while
+    /// this one applies them in order, as many at a time as have arrived
+    /// (up to `blocks_per_transaction`), so the rpc and the database work
+    /// at the same time.
+    async fn ingest(
+        &self,
+        headers: Vec<crate::domain::BlockHeader>,
+        watched: BTreeSet<AccountId>,
+        summary: &mut FollowSummary,
+        progress: &mut Progress,
+    ) -> Result<(), IngestError> {
+        let concurrency = self.opts.concurrency.max(1);
+        let (sender, mut arrived) = tokio::sync::mpsc::channel(concurrency);
+        let rpc = self.rpc;
+        let per_request = self.opts.accounts_per_request;
+        let fetching = async move {
+            let fetches = futures_util::stream::iter(headers)
+                .map(|h| fetch_block(rpc, h, &watched, per_request))
+                .buffered(concurrency);
+            futures_util::pin_mut!(fetches);
+            while let Some(data) = fetches.next().await {
+                let failed = data.is_err();
+                if sender.send(data).await.is_err() || failed {
+                    break;
+                }
+            }
+        };
+        let applying = async {
+            let per_transaction = self.opts.blocks_per_transaction.max(1);
+            while let Some(first) = arrived.recv().await {
+                let mut run = vec![first?];
+                let mut failed = None;
+                while run.len() < per_transaction {
+                    match arrived.try_recv() {
+                        Ok(Ok(data)) => run.push(data),
+                        Ok(Err(e)) => {
+                            failed = Some(e);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.apply(run, summary).await?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                progress.report(summary, self.report_to.max(summary.last_height), false);
+                if self.done(summary) {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        futures_util::pin_mut!(fetching);
+        futures_util::pin_mut!(applying);
+        let mut fetched_all = false;
+        loop {
+            tokio::select! {
+                result = &mut applying => return result,
+                _ = &mut fetching, if !fetched_all => fetched_all = true,
+            }
+        }
+    }
+
+    /// Applies a run of consecutive blocks, fetching a block again when the
+    /// watch list grew since it was fetched.
+    async fn apply(
+        &self,
+        mut run: Vec<BlockData>,
+        summary: &mut FollowSummary,
+    ) -> Result<(), IngestError> {
+        use crate::metrics::{METRICS, add, set};
+        while !run.is_empty() {
+            let applied = apply_blocks(self.pool, &run, self.alerts, self.opts.epoch).await?;
+            for c in &applied.committed {
+                add(&METRICS.blocks, 1);
+                add(&METRICS.key_rows, c.key_rows as u64);
+                add(&METRICS.balance_rows, c.balance_rows as u64);
+                summary.blocks += 1;
+                summary.key_rows += c.key_rows as u64;
+                summary.balance_rows += c.balance_rows as u64;
+            }
+            let done = applied.skipped + applied.committed.len();
+            if let Some(last) = done.checked_sub(1).map(|i| &run[i].header) {
+                set(&METRICS.cursor_height, last.height);
+                summary.last_height = summary.last_height.max(last.height);
+                if let (Some(h), false) = (&self.opts.health, applied.committed.is_empty()) {
+                    h.committed(&Cursor {
+                        height: last.height,
+                        hash: last.hash.to_string(),
+                        timestamp_ns: last.timestamp_ns,
+                    });
+                }
+            }
+            let Some((i, missed)) = applied.refetch else {
+                break;
+            };
+            tracing::info!(
+                height = run[i].header.height,
+                accounts = missed.len(),
+                "watch list changed: fetching the block again"
+            );
+            let now = {
+                let mut conn = self.pool.acquire().await?;
+                store::watch::tracked(&mut conn).await?
+            };
+            run.drain(..i);
+            let header = run[0].header.clone();
+            run[0] = fetch_block(self.rpc, header, &now, self.opts.accounts_per_request).await?;
+        }
+        Ok(())
+    }
 }
 
 /// `--accept-gap`: records the heights that cannot be served, moves the

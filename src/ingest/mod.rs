@@ -4,7 +4,8 @@
 //! - [`baseline`]: starting to track accounts, and the first cursor.
 //! - [`headers`]: which blocks come after the cursor, proven by `prev_hash`.
 //! - [`fetch`]: one block's changes for the watched accounts it touched.
-//! - [`apply`]: one block in one transaction, with the cursor advance.
+//! - [`plan`]: what a block means, decided in memory from its changes and the state before it.
+//! - [`apply`]: consecutive blocks in one transaction, one statement per table, with the cursor advance.
 //! - [`follower`]: the loop behind `run` and `backfill`.
 //! - [`pace`]: when to ask for the next final head.
 //! - [`reconcile`]: stored state against the chain at a height the cursor has reached.
@@ -19,6 +20,7 @@ pub mod fetch;
 pub mod follower;
 pub mod headers;
 pub mod pace;
+pub mod plan;
 pub mod reconcile;
 pub mod replay;
 pub mod requests;

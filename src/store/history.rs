@@ -25,34 +25,113 @@ pub async fn insert_balance_row(
     tx: &mut PgConnection,
     row: &BalanceRow<'_>,
 ) -> Result<bool, StoreError> {
-    let state = row.state;
-    let cause = row.cause;
+    Ok(insert_balance_rows(tx, std::slice::from_ref(row)).await? == 1)
+}
+
+/// `balance_events` or `current_accounts` columns of account states, one
+/// array per column for `unnest`; `None` (a deletion) leaves them null.
+#[derive(Default)]
+struct StateColumns {
+    amount: Vec<Option<BigDecimal>>,
+    locked: Vec<Option<BigDecimal>>,
+    storage_usage: Vec<Option<i64>>,
+    code_hash: Vec<Option<String>>,
+    global_contract_hash: Vec<Option<String>>,
+    global_contract_account_id: Vec<Option<String>>,
+    deleted: Vec<bool>,
+}
+
+impl StateColumns {
+    fn push(&mut self, state: Option<&AccountState>) -> Result<(), StoreError> {
+        self.storage_usage.push(
+            state
+                .map(|s| height_to_i64("storage usage", s.storage_usage))
+                .transpose()?,
+        );
+        self.amount.push(state.map(|s| yocto_to_numeric(s.amount)));
+        self.locked.push(state.map(|s| yocto_to_numeric(s.locked)));
+        self.code_hash
+            .push(state.map(|s| s.code_hash.as_str().to_owned()));
+        self.global_contract_hash.push(
+            state
+                .and_then(|s| s.global_contract_hash.as_ref())
+                .map(|h| h.as_str().to_owned()),
+        );
+        self.global_contract_account_id.push(
+            state
+                .and_then(|s| s.global_contract_account_id.as_ref())
+                .map(|a| a.as_str().to_owned()),
+        );
+        self.deleted.push(state.is_none());
+        Ok(())
+    }
+}
+
+/// Inserts balance history rows in one statement; replays are no-ops.
+/// Returns how many rows were new.
+pub async fn insert_balance_rows(
+    tx: &mut PgConnection,
+    rows: &[BalanceRow<'_>],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut state = StateColumns::default();
+    let mut heights = Vec::with_capacity(rows.len());
+    for r in rows {
+        state.push(r.state)?;
+        heights.push(height_to_i64("block height", r.block_height)?);
+    }
+    let accounts: Vec<&str> = rows.iter().map(|r| r.account_id.as_str()).collect();
+    let hashes: Vec<&str> = rows.iter().map(|r| r.block_hash).collect();
+    let indexes: Vec<i32> = rows.iter().map(|r| r.index_in_block).collect();
+    let causes: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.cause.map(|c| c.kind.name()))
+        .collect();
+    let tx_hashes: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.cause.and_then(|c| c.tx_hash.as_ref()).map(|h| h.as_str()))
+        .collect();
+    let receipt_hashes: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| {
+            r.cause
+                .and_then(|c| c.receipt_hash.as_ref())
+                .map(|h| h.as_str())
+        })
+        .collect();
+    let sources: Vec<&str> = rows.iter().map(|r| r.source).collect();
+    let contract_changed: Vec<bool> = rows.iter().map(|r| r.contract_changed).collect();
     let result = sqlx::query(
         "insert into balance_events (account_id, block_height, block_hash, index_in_block, amount, locked,
             storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted, cause,
             tx_hash, receipt_hash, source, contract_changed)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         select * from unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::numeric[],
+                              $6::numeric[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                              $11::boolean[], $12::text[], $13::text[], $14::text[], $15::text[],
+                              $16::boolean[])
          on conflict on constraint balance_events_natural_key do nothing",
     )
-    .bind(row.account_id.as_str())
-    .bind(height_to_i64("block height", row.block_height)?)
-    .bind(row.block_hash)
-    .bind(row.index_in_block)
-    .bind(state.map(|s| yocto_to_numeric(s.amount)))
-    .bind(state.map(|s| yocto_to_numeric(s.locked)))
-    .bind(state.map(|s| height_to_i64("storage usage", s.storage_usage)).transpose()?)
-    .bind(state.map(|s| s.code_hash.as_str().to_owned()))
-    .bind(state.and_then(|s| s.global_contract_hash.as_ref()).map(|h| h.as_str().to_owned()))
-    .bind(state.and_then(|s| s.global_contract_account_id.as_ref()).map(|a| a.as_str().to_owned()))
-    .bind(state.is_none())
-    .bind(cause.map(|c| c.kind.name().to_owned()))
-    .bind(cause.and_then(|c| c.tx_hash.as_ref()).map(|h| h.as_str().to_owned()))
-    .bind(cause.and_then(|c| c.receipt_hash.as_ref()).map(|h| h.as_str().to_owned()))
-    .bind(row.source)
-    .bind(row.contract_changed)
+    .bind(accounts)
+    .bind(heights)
+    .bind(hashes)
+    .bind(indexes)
+    .bind(state.amount)
+    .bind(state.locked)
+    .bind(state.storage_usage)
+    .bind(state.code_hash)
+    .bind(state.global_contract_hash)
+    .bind(state.global_contract_account_id)
+    .bind(state.deleted)
+    .bind(causes)
+    .bind(tx_hashes)
+    .bind(receipt_hashes)
+    .bind(sources)
+    .bind(contract_changed)
     .execute(&mut *tx)
     .await?;
-    Ok(result.rows_affected() == 1)
+    Ok(result.rows_affected())
 }
 
 /// Sets the end-of-block state; `None` marks the account deleted.
@@ -62,37 +141,45 @@ pub async fn upsert_account_state(
     state: Option<&AccountState>,
     height: u64,
 ) -> Result<(), StoreError> {
+    upsert_account_states(tx, &[(account, state, height)]).await
+}
+
+/// Sets the state of several distinct accounts, each at the height of its
+/// last write, in one statement.
+pub async fn upsert_account_states(
+    tx: &mut PgConnection,
+    rows: &[(&AccountId, Option<&AccountState>, u64)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut state = StateColumns::default();
+    let mut heights = Vec::with_capacity(rows.len());
+    for (_, s, h) in rows {
+        state.push(*s)?;
+        heights.push(height_to_i64("block height", *h)?);
+    }
+    let accounts: Vec<&str> = rows.iter().map(|(a, ..)| a.as_str()).collect();
     sqlx::query(
         "insert into current_accounts (account_id, amount, locked, storage_usage, code_hash,
             global_contract_hash, global_contract_account_id, deleted, updated_at_height)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         select * from unnest($1::text[], $2::numeric[], $3::numeric[], $4::bigint[], $5::text[],
+                              $6::text[], $7::text[], $8::boolean[], $9::bigint[])
          on conflict (account_id) do update set amount = excluded.amount, locked = excluded.locked,
             storage_usage = excluded.storage_usage, code_hash = excluded.code_hash,
             global_contract_hash = excluded.global_contract_hash,
             global_contract_account_id = excluded.global_contract_account_id,
             deleted = excluded.deleted, updated_at_height = excluded.updated_at_height",
     )
-    .bind(account.as_str())
-    .bind(state.map(|s| yocto_to_numeric(s.amount)))
-    .bind(state.map(|s| yocto_to_numeric(s.locked)))
-    .bind(
-        state
-            .map(|s| height_to_i64("storage usage", s.storage_usage))
-            .transpose()?,
-    )
-    .bind(state.map(|s| s.code_hash.as_str().to_owned()))
-    .bind(
-        state
-            .and_then(|s| s.global_contract_hash.as_ref())
-            .map(|h| h.as_str().to_owned()),
-    )
-    .bind(
-        state
-            .and_then(|s| s.global_contract_account_id.as_ref())
-            .map(|a| a.as_str().to_owned()),
-    )
-    .bind(state.is_none())
-    .bind(height_to_i64("block height", height)?)
+    .bind(accounts)
+    .bind(state.amount)
+    .bind(state.locked)
+    .bind(state.storage_usage)
+    .bind(state.code_hash)
+    .bind(state.global_contract_hash)
+    .bind(state.global_contract_account_id)
+    .bind(state.deleted)
+    .bind(heights)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -311,14 +398,60 @@ pub async fn load_account(
     conn: &mut PgConnection,
     account: &AccountId,
 ) -> Result<Option<Option<AccountState>>, StoreError> {
-    let row: Option<StateRow> = sqlx::query_as(
-        "select amount, locked, storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted
-         from current_accounts where account_id = $1",
+    let mut all = load_accounts(conn, std::slice::from_ref(account)).await?;
+    Ok(all.remove(account))
+}
+
+#[derive(sqlx::FromRow)]
+struct CurrentAccountRead {
+    account_id: String,
+    amount: Option<BigDecimal>,
+    locked: Option<BigDecimal>,
+    storage_usage: Option<i64>,
+    code_hash: Option<String>,
+    global_contract_hash: Option<String>,
+    global_contract_account_id: Option<String>,
+    deleted: bool,
+}
+
+/// [`load_account`] for several accounts in one statement; an account with
+/// no row (unknown) has no entry.
+pub async fn load_accounts(
+    conn: &mut PgConnection,
+    accounts: &[AccountId],
+) -> Result<std::collections::HashMap<AccountId, Option<AccountState>>, StoreError> {
+    if accounts.is_empty() {
+        return Ok(Default::default());
+    }
+    let names: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
+    let rows: Vec<CurrentAccountRead> = sqlx::query_as(
+        "select account_id, amount, locked, storage_usage, code_hash, global_contract_hash,
+                global_contract_account_id, deleted
+         from current_accounts where account_id = any($1::text[])",
     )
-    .bind(account.as_str())
-    .fetch_optional(conn)
+    .bind(names)
+    .fetch_all(conn)
     .await?;
-    row.map(|r| state_or_deleted(account, r)).transpose()
+    rows.into_iter()
+        .map(|r| {
+            let account = AccountId::parse(&r.account_id).map_err(|e| {
+                StoreError::Invalid(format!("stored account {:?}: {e}", r.account_id))
+            })?;
+            let state = state_or_deleted(
+                &account,
+                (
+                    r.amount,
+                    r.locked,
+                    r.storage_usage,
+                    r.code_hash,
+                    r.global_contract_hash,
+                    r.global_contract_account_id,
+                    r.deleted,
+                ),
+            )?;
+            Ok((account, state))
+        })
+        .collect()
 }
 
 /// An account's last balance write in `$2..=$3`.

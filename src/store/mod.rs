@@ -236,18 +236,36 @@ pub async fn insert_block(
     tx: &mut sqlx::PgConnection,
     header: &crate::domain::BlockHeader,
 ) -> Result<(), StoreError> {
+    insert_blocks(tx, &[header]).await
+}
+
+/// Records block headers in one statement (idempotent).
+pub async fn insert_blocks(
+    tx: &mut sqlx::PgConnection,
+    headers: &[&crate::domain::BlockHeader],
+) -> Result<(), StoreError> {
+    let mut heights = Vec::with_capacity(headers.len());
+    let mut stamps = Vec::with_capacity(headers.len());
+    for h in headers {
+        heights.push(convert::height_to_i64("block height", h.height)?);
+        stamps.push(convert::height_to_i64("block timestamp", h.timestamp_ns)?);
+    }
+    let hashes: Vec<&str> = headers.iter().map(|h| h.hash.as_str()).collect();
+    let parents: Vec<&str> = headers.iter().map(|h| h.prev_hash.as_str()).collect();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = headers
+        .iter()
+        .map(|h| convert::ns_to_time(h.timestamp_ns))
+        .collect();
     sqlx::query(
         "insert into blocks (block_hash, block_height, prev_hash, block_timestamp_ns, block_time)
-         values ($1, $2, $3, $4, $5) on conflict (block_hash) do nothing",
+         select * from unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[])
+         on conflict (block_hash) do nothing",
     )
-    .bind(header.hash.as_str())
-    .bind(convert::height_to_i64("block height", header.height)?)
-    .bind(header.prev_hash.as_str())
-    .bind(convert::height_to_i64(
-        "block timestamp",
-        header.timestamp_ns,
-    )?)
-    .bind(convert::ns_to_time(header.timestamp_ns))
+    .bind(hashes)
+    .bind(heights)
+    .bind(parents)
+    .bind(stamps)
+    .bind(times)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -319,6 +319,26 @@ pub async fn get(
     row.map(to_watched).transpose()
 }
 
+/// The watch-list entries of `accounts` that are watched, in one statement.
+pub async fn get_many(
+    conn: &mut PgConnection,
+    accounts: &[&AccountId],
+) -> Result<std::collections::HashMap<AccountId, WatchedAccount>, StoreError> {
+    if accounts.is_empty() {
+        return Ok(Default::default());
+    }
+    let names: Vec<&str> = accounts.iter().map(|a| a.as_str()).collect();
+    let rows: Vec<WatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{WATCH_COLUMNS} where account_id = any($1::text[])"
+    )))
+    .bind(names)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| to_watched(r).map(|w| (w.account_id.clone(), w)))
+        .collect()
+}
+
 /// Asks the follower to re-read these accounts at its cursor and correct
 /// what differs (a reconcile found drift below the cursor).
 pub async fn request_fix(
