@@ -43,6 +43,8 @@ struct Load {
     per_block: usize,
     /// `rpc.requests_per_second`; `None` is unlimited.
     budget: Option<u32>,
+    /// History rows written before ingesting (older blocks, same accounts).
+    preload: bool,
 }
 
 struct Run {
@@ -53,6 +55,11 @@ struct Run {
     mails: usize,
     /// The most requests the simulator saw within one second.
     peak_per_second: usize,
+    /// SQL statements and round trips per block, counted on the wire.
+    statements_per_block: f64,
+    round_trips_per_block: f64,
+    /// History rows in the database before ingesting.
+    preloaded: i64,
 }
 
 async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accepted) -> Run {
@@ -64,8 +71,19 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         .unwrap();
     let mut url = reqwest::Url::parse(base).unwrap();
     url.set_path(&db);
+    // The dispatcher and the set-up talk to Postgres directly; the
+    // follower through a proxy that counts its statements.
     let pool = keywatch::store::connect(url.as_str(), 10).await.unwrap();
     keywatch::store::migrate(&pool).await.unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let (proxy_port, wire) = common::counting_proxy(upstream).await;
+    let mut counted = url.clone();
+    counted.set_host(Some("127.0.0.1")).unwrap();
+    counted.set_port(Some(proxy_port)).unwrap();
+    counted.set_query(Some("sslmode=disable"));
+    let ingest_pool = keywatch::store::connect(counted.as_str(), 10)
+        .await
+        .unwrap();
 
     let start = 1_000_000;
     let mut scenario = Scenario::generate(&GenSpec {
@@ -77,8 +95,8 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
     });
     // the chain's blocks end now: alerts are news, so they are sent
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap() as u64;
-    scenario.chain.genesis_time_ns =
-        now_ns - load.blocks * scenario.chain.block_time.as_nanos() as u64;
+    let genesis_ns = now_ns - load.blocks * scenario.chain.block_time.as_nanos() as u64;
+    scenario.chain.genesis_time_ns = genesis_ns;
     let sim = Simulator::start(scenario, SimOptions::default())
         .await
         .unwrap();
@@ -109,6 +127,11 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
             allow_missing: false,
         })
         .collect();
+    let preloaded = if load.preload {
+        preload_history(&pool, start, genesis_ns).await
+    } else {
+        0
+    };
     start_tracking(&pool, &rpc, "localnet", &watches, false)
         .await
         .unwrap();
@@ -136,9 +159,19 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         poll_interval: Duration::from_millis(5),
         ..FollowOptions::default()
     };
+    use std::sync::atomic::Ordering::Relaxed;
+    let (statements, round_trips) = (
+        wire.statements.load(Relaxed),
+        wire.round_trips.load(Relaxed),
+    );
     let t = Instant::now();
-    let summary = follow(&pool, &rpc, &opts, Some(&ctx), stop).await.unwrap();
+    let summary = follow(&ingest_pool, &rpc, &opts, Some(&ctx), stop)
+        .await
+        .unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let per_block = |n: u64| n as f64 / summary.blocks as f64;
+    let statements_per_block = per_block(wire.statements.load(Relaxed) - statements);
+    let round_trips_per_block = per_block(wire.round_trips.load(Relaxed) - round_trips);
     stop_dispatch.send_replace(true);
     delivering.await.unwrap();
     let alerts: i64 = sqlx::query_scalar("select count(*) from alerts")
@@ -152,7 +185,11 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         alerts,
         mails: accepted.lock().unwrap().len() - mails_before,
         peak_per_second: sim.peak_requests_per_second(),
+        statements_per_block,
+        round_trips_per_block,
+        preloaded,
     };
+    ingest_pool.close().await;
     pool.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "drop database {db} with (force)"
@@ -163,6 +200,76 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
     run
 }
 
+/// Writes about a million history rows in the shape of a year of a busy
+/// deployment, in the 100,000 blocks before `start`: 2,000 accounts (the
+/// simulator's among them) with five keys written 60 times each, two
+/// relayer keys and two hot wallets written every block, and every
+/// account's balance moving 50 times. Amounts only grow, so no rule fires
+/// on them. Returns the number of history rows.
+async fn preload_history(pool: &sqlx::PgPool, start: u64, genesis_ns: u64) -> i64 {
+    let first = start - 100_000;
+    let ts = |h: &str| format!("({genesis_ns}::bigint - ({start} - {h}) * 1000000000)");
+    let statements = [
+        format!(
+            "insert into blocks (block_hash, block_height, prev_hash, block_timestamp_ns, block_time)
+             select 'pre' || h, h, 'pre' || (h - 1), {t}, to_timestamp({t} / 1e9)
+             from generate_series({first}::bigint, {last}) h",
+            t = ts("h"),
+            last = start - 1
+        ),
+        format!(
+            "insert into key_events (account_id, public_key, block_height, block_hash, index_in_block,
+                                     action, permission, permission_raw, allowance, nonce, source)
+             select 'acc' || a || '.sim.near', 'ed25519:k' || k, h, 'pre' || h, k,
+                    case when n = 0 then 'added' else 'updated' end, 'function_call',
+                    '{{\"FunctionCall\": {{\"allowance\": \"1\", \"receiver_id\": \"r.near\", \"method_names\": []}}}}',
+                    n + 1, n, 'chain'
+             from generate_series(0, 1999) a, generate_series(0, 4) k, generate_series(0, 59) n,
+                  lateral (select {first} + ((a * 7 + k * 13) % 1600) + n * 1650 as h) p"
+        ),
+        format!(
+            "insert into key_events (account_id, public_key, block_height, block_hash, index_in_block,
+                                     action, permission, permission_raw, allowance, nonce, source)
+             select 'acc' || k || '.sim.near', 'ed25519:busy' || k, h, 'pre' || h, 10,
+                    case when h = {first} then 'added' else 'updated' end, 'function_call',
+                    '{{\"FunctionCall\": {{\"allowance\": \"1\", \"receiver_id\": \"r.near\", \"method_names\": []}}}}',
+                    h, h, 'chain'
+             from generate_series(0, 1) k, generate_series({first}::bigint, {last}) h",
+            last = start - 1
+        ),
+        format!(
+            "insert into balance_events (account_id, block_height, block_hash, index_in_block, amount,
+                                         locked, storage_usage, code_hash, source)
+             select 'acc' || a || '.sim.near', h, 'pre' || h, 0, h, 0, 100,
+                    '11111111111111111111111111111111', 'chain'
+             from generate_series(0, 1) a, generate_series({first}::bigint, {last}) h",
+            last = start - 1
+        ),
+        format!(
+            "insert into balance_events (account_id, block_height, block_hash, index_in_block, amount,
+                                         locked, storage_usage, code_hash, source)
+             select 'acc' || a || '.sim.near', h, 'pre' || h, 1, n + 1, 0, 100,
+                    '11111111111111111111111111111111', 'chain'
+             from generate_series(0, 1999) a, generate_series(0, 49) n,
+                  lateral (select {first} + ((a * 11) % 1900) + n * 1960 as h) p"
+        ),
+        "analyze".to_owned(),
+    ];
+    let mut conn = pool.acquire().await.unwrap();
+    for s in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query_scalar(
+        "select (select count(*) from key_events) + (select count(*) from balance_events)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -170,6 +277,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let blocks = env("BENCH_BLOCKS", 2000);
     let accounts = env("BENCH_ACCOUNTS", 200) as usize;
     let per_block = env("BENCH_TX_PER_BLOCK", 20) as usize;
@@ -188,34 +301,41 @@ async fn main() {
         .unwrap();
     let (smtp_port, accepted) = common::smtp_server().await;
     println!(
-        "ingest with every rule on and email delivery: {blocks} blocks x {per_block} tx/block, {accounts} accounts, 1 block per transaction, synchronous_commit = {sync}, median of {repeat}"
+        "ingest with every rule on and email delivery: {blocks} blocks x {per_block} tx/block, {accounts} accounts, up to {} blocks per transaction while catching up, synchronous_commit = {sync}, median of {repeat}",
+        FollowOptions::default().blocks_per_transaction
     );
-    for w in watched {
-        let load = Load {
-            blocks,
-            accounts,
-            watched: w,
-            per_block,
-            budget: None,
-        };
-        let mut runs = Vec::new();
-        for _ in 0..repeat {
-            runs.push(once(&base, &load, smtp_port, &accepted).await);
+    for preload in [false, true] {
+        for &w in &watched {
+            let load = Load {
+                blocks,
+                accounts,
+                watched: w,
+                per_block,
+                budget: None,
+                preload,
+            };
+            let mut runs = Vec::new();
+            for _ in 0..repeat {
+                runs.push(once(&base, &load, smtp_port, &accepted).await);
+            }
+            let each: Vec<String> = runs
+                .iter()
+                .map(|r| format!("{:.0}", r.blocks_per_s))
+                .collect();
+            let last = runs.last().unwrap();
+            println!(
+                "  {w:4} watched, {:7} history rows before: {:6.0} blocks/s (runs: {}), {:6.0} history rows/s, {:.2} rpc requests/block, {:.2} SQL statements and {:.2} round trips per block, {} alerts, {} mails",
+                last.preloaded,
+                median(runs.iter().map(|r| r.blocks_per_s).collect()),
+                each.join(", "),
+                median(runs.iter().map(|r| r.rows_per_s).collect()),
+                last.requests_per_block,
+                last.statements_per_block,
+                last.round_trips_per_block,
+                last.alerts,
+                last.mails
+            );
         }
-        let each: Vec<String> = runs
-            .iter()
-            .map(|r| format!("{:.0}", r.blocks_per_s))
-            .collect();
-        let last = runs.last().unwrap();
-        println!(
-            "  {w:4} watched: {:6.0} blocks/s (runs: {}), {:6.0} history rows/s, {:.2} rpc requests/block, {} alerts, {} mails",
-            median(runs.iter().map(|r| r.blocks_per_s).collect()),
-            each.join(", "),
-            median(runs.iter().map(|r| r.rows_per_s).collect()),
-            last.requests_per_block,
-            last.alerts,
-            last.mails
-        );
     }
     // Under a request budget: the catch-up rate it allows, and whether any
     // second saw more requests than it.
@@ -226,6 +346,7 @@ async fn main() {
         watched: 10,
         per_block,
         budget: Some(budget),
+        preload: false,
     };
     let r = once(&base, &load, smtp_port, &accepted).await;
     println!(

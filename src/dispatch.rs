@@ -193,6 +193,10 @@ impl Dispatcher {
     /// catch-up, since the follower has stopped.
     async fn pass(&self, stopping: bool) -> Result<usize, DispatchError> {
         let now = (self.now)();
+        // Read before claiming: if the follower has caught up by now, every
+        // alert of the catch-up is committed and so among those claimed
+        // below, and the digest holds them all.
+        let catching_up = !stopping && self.catching_up();
         let due = {
             let mut tx = self.pool.begin().await?;
             let due = claim_due(&mut tx, now, 500).await?;
@@ -208,7 +212,6 @@ impl Dispatcher {
                 waiting.entry(d.channel.clone()).or_default().push(d);
             }
         }
-        let catching_up = !stopping && self.catching_up();
         for (channel, list) in waiting {
             // Batches formed before go out again as they were.
             let (formed, list): (Vec<Delivery>, Vec<Delivery>) =

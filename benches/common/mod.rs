@@ -65,3 +65,88 @@ pub async fn smtp_server() -> (u16, Accepted) {
     });
     (port, accepted)
 }
+
+// The wire counter below is used by the ingest benchmark only.
+
+/// Statements and round trips a client sent to Postgres, counted from the
+/// wire (frontend messages), so nothing in keywatch has to count itself.
+#[allow(dead_code)]
+#[derive(Debug, Default)]
+pub struct Wire {
+    /// `Query` (simple protocol) and `Execute` messages.
+    pub statements: std::sync::atomic::AtomicU64,
+    /// `Query` and `Sync` messages: each waits for the server's answer.
+    pub round_trips: std::sync::atomic::AtomicU64,
+}
+
+/// A TCP proxy to the Postgres at `upstream` (host:port) that counts the
+/// frontend messages passing through it. Connect without TLS
+/// (`sslmode=disable`) so the messages can be read.
+#[allow(dead_code)]
+pub async fn counting_proxy(upstream: String) -> (u16, Arc<Wire>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let wire = Arc::new(Wire::default());
+    let counts = wire.clone();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            // small messages, forwarded at once (Nagle would hold each
+            // for the peer's delayed ack)
+            client.set_nodelay(true).unwrap();
+            server.set_nodelay(true).unwrap();
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let (mut cr, cw) = client.into_split();
+                let (sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let (mut sr, mut cw) = (sr, cw);
+                    // ends when either side closes: the usual end of a connection
+                    tokio::io::copy(&mut sr, &mut cw).await.ok();
+                });
+                count_frontend(&mut cr, &mut sw, &counts).await.ok();
+            });
+        }
+    });
+    (port, wire)
+}
+
+/// Forwards the client's bytes, counting messages: the startup packet has
+/// no type byte; every message after it is a type byte and a length.
+#[allow(dead_code)]
+async fn count_frontend(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    counts: &Wire,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    from.read_exact(&mut len).await?;
+    let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+    from.read_exact(&mut startup).await?;
+    to.write_all(&len).await?;
+    to.write_all(&startup).await?;
+    loop {
+        let mut message = vec![0u8; 5];
+        from.read_exact(&mut message).await?;
+        let size = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
+        message.resize(1 + size, 0);
+        from.read_exact(&mut message[5..]).await?;
+        match message[0] {
+            b'Q' => {
+                counts.statements.fetch_add(1, Relaxed);
+                counts.round_trips.fetch_add(1, Relaxed);
+            }
+            b'E' => {
+                counts.statements.fetch_add(1, Relaxed);
+            }
+            b'S' => {
+                counts.round_trips.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+        to.write_all(&message).await?;
+    }
+}

@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use crate::config::{RuleSet, RuleSettings, Settings};
 use crate::domain::{AccessKey, AccountId, AccountState, BlockHeader, PublicKey, Yocto};
 use crate::ingest::IngestError;
+use crate::ingest::recent::Recent;
 use crate::rules::{AlertDraft, BlockFacts, KeyWrite, WindowValues, evaluate_block, window_drop};
 use crate::store::alerts::{Decided, fired_since, insert};
 use crate::store::convert::{height_to_i64, ns_to_time, numeric_to_yocto};
@@ -64,6 +65,19 @@ impl AlertContext {
             suppress_old: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             now: Arc::new(chrono::Utc::now),
         }
+    }
+
+    /// Every `settle_blocks` an enabled window rule uses.
+    pub fn settles(&self) -> BTreeSet<u32> {
+        let mut settles = BTreeSet::new();
+        for rs in std::iter::once(&self.rules).chain(self.per_account.values()) {
+            for name in ["allowance_drain", "balance_drop"] {
+                if let Some(r) = rs.get(name).filter(|r| r.enabled) {
+                    settles.insert(r.settle_blocks.unwrap_or(0));
+                }
+            }
+        }
+        settles
     }
 
     pub fn rules_for(&self, account: &AccountId) -> &RuleSet {
@@ -200,60 +214,70 @@ fn yocto(n: &Option<BigDecimal>) -> Result<Option<Yocto>, IngestError> {
 }
 
 /// The window rules for changes made `settle_blocks` blocks before `header`.
+/// The settled block's writes come from `recent` when it holds them, else
+/// from history.
 pub async fn window_rules(
     tx: &mut PgConnection,
     ctx: &AlertContext,
     header: &BlockHeader,
+    recent: Option<&Recent>,
 ) -> Result<usize, IngestError> {
     let h = height_to_i64("height", header.height)?;
     let now_ns = header.timestamp_ns as i64;
-    let mut settles: BTreeSet<u32> = BTreeSet::new();
-    for rs in std::iter::once(&ctx.rules).chain(ctx.per_account.values()) {
-        for name in ["allowance_drain", "balance_drop"] {
-            if let Some(r) = rs.get(name).filter(|r| r.enabled) {
-                settles.insert(r.settle_blocks.unwrap_or(0));
-            }
-        }
-    }
+    let settles = ctx.settles();
     let mut drafts = Vec::new();
     for settle in settles {
-        let Some(settled) = window::settled_block(tx, h, settle).await? else {
-            continue;
+        // function-call and gas keys, and balances, the settled block wrote
+        let (keys, accounts) = match recent.and_then(|r| r.settled(header.height, settle)) {
+            Some(w) => (w.keys.clone(), w.accounts.clone()),
+            None => {
+                let Some(settled) = window::settled_block(tx, h, settle).await? else {
+                    continue;
+                };
+                (
+                    window::keys_written_at(tx, settled).await?,
+                    window::accounts_written_at(tx, settled).await?,
+                )
+            }
         };
-        // function-call and gas keys written in the settled block
-        let keys = window::keys_written_at(tx, settled).await?;
-        for window::WrittenKey {
-            account_id: account,
-            public_key: key,
-        } in keys
-        {
-            let Ok(account_id) = AccountId::parse(&account) else {
-                continue;
-            };
-            let Some(r) = ctx
-                .rules_for(&account_id)
-                .get("allowance_drain")
-                .filter(|r| r.enabled && r.settle_blocks.unwrap_or(0) == settle)
-            else {
-                continue;
-            };
-            if let Some(d) = drain(tx, r, &account_id, &key, (h, now_ns)).await? {
+        // the keys and accounts whose rule settles at this depth
+        let rule = |account: &str, name: &str| {
+            let id = AccountId::parse(account).ok()?;
+            let r = ctx
+                .rules_for(&id)
+                .get(name)
+                .filter(|r| r.enabled && r.settle_blocks.unwrap_or(0) == settle)?;
+            Some((id, r))
+        };
+        let judged_keys: Vec<_> = keys
+            .iter()
+            .filter_map(|k| rule(&k.account_id, "allowance_drain").map(|(id, r)| (id, k, r)))
+            .collect();
+        let asked: Vec<window::WindowKey> = judged_keys
+            .iter()
+            .map(|(_, k, r)| window::WindowKey {
+                account_id: &k.account_id,
+                public_key: &k.public_key,
+                window_start_ns: window_start(r, now_ns),
+            })
+            .collect();
+        let found = window::keys_in_window(tx, &asked, h).await?;
+        for ((account, k, r), w) in judged_keys.iter().zip(found) {
+            if let Some(d) = drain(r, account, &k.public_key, w)? {
                 drafts.push((d, r.cooldown));
             }
         }
-        let accounts = window::accounts_written_at(tx, settled).await?;
-        for account in accounts {
-            let Ok(account_id) = AccountId::parse(&account) else {
-                continue;
-            };
-            let Some(r) = ctx
-                .rules_for(&account_id)
-                .get("balance_drop")
-                .filter(|r| r.enabled && r.settle_blocks.unwrap_or(0) == settle)
-            else {
-                continue;
-            };
-            if let Some(d) = balance_drop(tx, r, &account_id, (h, now_ns)).await? {
+        let judged_accounts: Vec<_> = accounts
+            .iter()
+            .filter_map(|a| rule(a, "balance_drop"))
+            .collect();
+        let asked: Vec<(&str, i64)> = judged_accounts
+            .iter()
+            .map(|(id, r)| (id.as_str(), window_start(r, now_ns)))
+            .collect();
+        let found = window::balances_in_window(tx, &asked, h).await?;
+        for ((account, r), w) in judged_accounts.iter().zip(found) {
+            if let Some(d) = balance_drop(r, account, w)? {
                 drafts.push((d, r.cooldown));
             }
         }
@@ -273,42 +297,29 @@ fn window_start(r: &RuleSettings, now_ns: i64) -> i64 {
     )
 }
 
-async fn drain(
-    tx: &mut PgConnection,
+/// `allowance_drain` for one key, from what the window look-up found: the
+/// key at the end of the judged block (the same row as the current state
+/// while ingesting; the past one when replaying) against its value at the
+/// window's start, which begins no earlier than its last addition.
+fn drain(
     r: &RuleSettings,
     account: &AccountId,
     key: &str,
-    at: (i64, i64),
+    w: window::KeyWindow,
 ) -> Result<Option<AlertDraft>, IngestError> {
-    let (height, now_ns) = at;
-    // The key at the end of the judged block, from history (the same row as
-    // the current state while ingesting; the past one when replaying).
-    let Some(window::KeyWriteRow {
-        action,
-        allowance,
-        gas_key_balance: gas,
-    }) = window::key_at(tx, account.as_str(), key, height).await?
-    else {
-        return Ok(None);
-    };
-    if action == "deleted" {
-        return Ok(None);
+    match w.action.as_deref() {
+        None | Some("deleted") => return Ok(None),
+        Some(_) => {}
     }
-    let (now, is_gas) = match (yocto(&allowance)?, yocto(&gas)?) {
+    let (now, is_gas) = match (yocto(&w.allowance)?, yocto(&w.gas_key_balance)?) {
         (_, Some(g)) => (g, true),
         (Some(a), None) => (a, false),
         (None, None) => return Ok(None), // unlimited: nothing to drain
     };
-    let start = window_start(r, now_ns);
-    // A key deleted and re-added starts a new window at its last addition.
-    let added = window::key_added_at(tx, account.as_str(), key, height).await?;
-    let start = added.map_or(start, |a| start.max(a));
-    // The value just before the window; if everything keywatch knows of the
-    // key lies inside the window, the earliest value it knows.
-    let before = match window::key_before(tx, account.as_str(), key, start).await? {
-        Some(v) if is_gas => yocto(&v.gas_key_balance)?,
-        Some(v) => yocto(&v.allowance)?,
-        None => None,
+    let before = if is_gas {
+        yocto(&w.before_gas_key_balance)?
+    } else {
+        yocto(&w.before_allowance)?
     };
     let Some(before) = before else {
         return Ok(None);
@@ -342,26 +353,20 @@ async fn drain(
     }))
 }
 
-async fn balance_drop(
-    tx: &mut PgConnection,
+/// `balance_drop` for one account, from what the window look-up found.
+fn balance_drop(
     r: &RuleSettings,
     account: &AccountId,
-    at: (i64, i64),
+    w: window::BalanceWindow,
 ) -> Result<Option<AlertDraft>, IngestError> {
-    let (height, now_ns) = at;
-    let Some(window::BalanceWrite {
+    let window::BalanceWindow {
         amount: Some(amount),
         locked: Some(locked),
-        deleted: false,
-    }) = window::balance_at(tx, account.as_str(), height).await?
-    else {
-        return Ok(None);
-    };
-    let start = window_start(r, now_ns);
-    let Some(window::BalanceValues {
-        amount: Some(b_amount),
-        locked: Some(b_locked),
-    }) = window::balance_before(tx, account.as_str(), start).await?
+        deleted: Some(false),
+        before_amount: Some(b_amount),
+        before_locked: Some(b_locked),
+        ..
+    } = w
     else {
         return Ok(None);
     };

@@ -17,6 +17,7 @@ use crate::ingest::IngestError;
 use crate::ingest::alerts::{AlertContext, block_rules, window_rules};
 use crate::ingest::fetch::BlockData;
 use crate::ingest::plan::{Current, Writes, accounts_written, plan_block};
+use crate::ingest::recent::{Recent, Written};
 use crate::store;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +61,8 @@ pub async fn apply_block(
     alerts: Option<&AlertContext>,
     epoch: Option<i64>,
 ) -> Result<Applied, IngestError> {
-    let run = apply_blocks(pool, std::slice::from_ref(data), alerts, epoch).await?;
+    let mut recent = Recent::default();
+    let run = apply_blocks(pool, std::slice::from_ref(data), alerts, epoch, &mut recent).await?;
     Ok(match (run.committed.first(), run.refetch) {
         (Some(c), _) => Applied::Block {
             key_rows: c.key_rows,
@@ -74,12 +76,14 @@ pub async fn apply_block(
 /// Applies consecutive blocks (each the parent of the next) in one
 /// transaction. With `epoch`, the transaction first checks that this
 /// process still holds the leader lease under that epoch (fencing): a
-/// deposed leader writes nothing.
+/// deposed leader writes nothing. `recent` is what the blocks up to the
+/// cursor wrote; it is moved past the run once the run commits.
 pub async fn apply_blocks(
     pool: &PgPool,
     blocks: &[BlockData],
     alerts: Option<&AlertContext>,
     epoch: Option<i64>,
+    recent: &mut Recent,
 ) -> Result<RunApplied, IngestError> {
     let mut out = RunApplied::default();
     let mut tx = pool.begin().await?;
@@ -138,28 +142,33 @@ pub async fn apply_blocks(
     for a in &missing {
         current.accounts.entry(a.clone()).or_insert(None);
     }
+    recent.anchor(&cursor.hash);
+    let mut after = recent.clone();
     let mut writes = Writes::default();
     let mut facts = Vec::with_capacity(run.len());
     for data in run {
         let plan = plan_block(data, &watched, &mut current);
+        let written = Written::of(&plan);
         out.committed.push(BlockCount {
             height: data.header.height,
             key_rows: plan.key_rows.len(),
             balance_rows: plan.balance_rows.len(),
         });
-        facts.push(writes.add(plan));
+        facts.push((written, writes.add(plan)));
     }
     write(&mut tx, &writes).await?;
-    if let Some(ctx) = alerts {
-        for (data, facts) in run.iter().zip(&facts) {
-            block_rules(&mut tx, ctx, &data.header, facts).await?;
-            window_rules(&mut tx, ctx, &data.header).await?;
+    for (data, (written, facts)) in run.iter().zip(facts) {
+        after.push(written);
+        if let Some(ctx) = alerts {
+            block_rules(&mut tx, ctx, &data.header, &facts).await?;
+            window_rules(&mut tx, ctx, &data.header, Some(&after)).await?;
         }
     }
     if let Some(last) = run.last() {
         store::advance_cursor(&mut tx, &last.header).await?;
     }
     tx.commit().await?;
+    *recent = after;
     Ok(out)
 }
 

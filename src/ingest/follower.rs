@@ -21,6 +21,7 @@ use crate::ingest::baseline::{ensure_baselines, read_baseline};
 use crate::ingest::fetch::{BlockData, fetch_block};
 use crate::ingest::headers::next_headers;
 use crate::ingest::pace::Pacer;
+use crate::ingest::recent::Recent;
 use crate::ingest::reconcile::apply_fixes;
 use crate::rpc::{BlockRef, RpcClient};
 use crate::store::{self, Cursor};
@@ -175,6 +176,8 @@ pub async fn follow_into(
         start_height: first.height,
     };
     let mut pacer = Pacer::new(opts.poll_interval);
+    let max_settle = alerts.and_then(|c| c.settles().last().copied());
+    let mut recent = Recent::new(max_settle.unwrap_or(0));
     loop {
         if *stop.borrow() {
             break;
@@ -263,7 +266,8 @@ pub async fn follow_into(
             stop: &stop,
             report_to: opts.until_height.unwrap_or(final_head.height),
         };
-        run.ingest(headers, watched, summary, &mut progress).await?;
+        run.ingest(headers, watched, summary, &mut progress, &mut recent)
+            .await?;
         if *stop.borrow() || opts.until_height.is_some_and(|u| summary.last_height >= u) {
             break;
         }
@@ -303,6 +307,7 @@ impl Follow<'_> {
         watched: BTreeSet<AccountId>,
         summary: &mut FollowSummary,
         progress: &mut Progress,
+        recent: &mut Recent,
     ) -> Result<(), IngestError> {
         let concurrency = self.opts.concurrency.max(1);
         let (sender, mut arrived) = tokio::sync::mpsc::channel(concurrency);
@@ -335,7 +340,7 @@ impl Follow<'_> {
                         Err(_) => break,
                     }
                 }
-                self.apply(run, summary).await?;
+                self.apply(run, summary, recent).await?;
                 if let Some(e) = failed {
                     return Err(e);
                 }
@@ -363,10 +368,12 @@ impl Follow<'_> {
         &self,
         mut run: Vec<BlockData>,
         summary: &mut FollowSummary,
+        recent: &mut Recent,
     ) -> Result<(), IngestError> {
         use crate::metrics::{METRICS, add, set};
         while !run.is_empty() {
-            let applied = apply_blocks(self.pool, &run, self.alerts, self.opts.epoch).await?;
+            let applied =
+                apply_blocks(self.pool, &run, self.alerts, self.opts.epoch, recent).await?;
             for c in &applied.committed {
                 add(&METRICS.blocks, 1);
                 add(&METRICS.key_rows, c.key_rows as u64);

@@ -6,6 +6,7 @@
 //! - [`fetch`]: one block's changes for the watched accounts it touched.
 //! - [`plan`]: what a block means, decided in memory from its changes and the state before it.
 //! - [`apply`]: consecutive blocks in one transaction, one statement per table, with the cursor advance.
+//! - [`recent`]: what the last committed blocks wrote, for the window rules.
 //! - [`follower`]: the loop behind `run` and `backfill`.
 //! - [`pace`]: when to ask for the next final head.
 //! - [`reconcile`]: stored state against the chain at a height the cursor has reached.
@@ -21,6 +22,7 @@ pub mod follower;
 pub mod headers;
 pub mod pace;
 pub mod plan;
+pub mod recent;
 pub mod reconcile;
 pub mod replay;
 pub mod requests;

@@ -137,7 +137,7 @@ pub async fn rules_test(
             all.push(facts(&mut tx, &b.block_hash, b.block_height, &a).await?);
         }
         block_rules(&mut tx, ctx, &header, &all).await?;
-        window_rules(&mut tx, ctx, &header).await?;
+        window_rules(&mut tx, ctx, &header, None).await?;
     }
     let fired: Vec<(i64, String, String, String, String)> =
         sqlx::query_as("select block_height, rule, severity, account_id, title from alerts order by block_height, id").fetch_all(&mut *tx).await?;

@@ -23,51 +23,68 @@ pub const KEYS_WRITTEN_AT: &str = "select distinct account_id, public_key from k
 pub const ACCOUNTS_WRITTEN_AT: &str = "select distinct account_id from balance_events
      where block_height = $1 and source = 'chain' and not deleted";
 
-/// A key's last write at or before a height.
-pub const KEY_AT: &str = "select action, allowance, gas_key_balance from key_events
-     where account_id = $1 and public_key = $2 and block_height <= $3 and action <> 'nonce_slot'
-     order by block_height desc, source_rank desc, index_in_block desc limit 1";
+/// For each key (`$1` accounts, `$2` keys, `$3` window starts in ns, one
+/// per key; `n` is its position, from 1): its last write at or before the
+/// judged height `$4` (`action` null if none), and its value at the start
+/// of its window, which begins no earlier than its last addition: the value
+/// at the last block at or before that time or, when keywatch knows nothing
+/// of the key that early, the earliest value it knows. Every look-up is one
+/// probe of an index, whatever the key's history.
+pub const KEYS_IN_WINDOW: &str = "select r.n, at.action, at.allowance, at.gas_key_balance,
+            before.allowance as before_allowance, before.gas_key_balance as before_gas_key_balance
+     from unnest($1::text[], $2::text[], $3::bigint[]) with ordinality as r(account_id, public_key, window_start, n)
+     left join lateral (
+         select action, allowance, gas_key_balance from key_events
+         where account_id = r.account_id and public_key = r.public_key and block_height <= $4
+           and action <> 'nonce_slot'
+         order by block_height desc, source_rank desc, index_in_block desc limit 1) at on true
+     left join lateral (
+         select b.block_timestamp_ns as added_ns from key_events e
+         join blocks b on b.block_hash = e.block_hash
+         where e.account_id = r.account_id and e.public_key = r.public_key and e.action = 'added'
+           and e.block_height <= $4
+         order by e.block_height desc limit 1) added on true
+     left join lateral (
+         select coalesce((select block_height from blocks
+                          where block_timestamp_ns <= greatest(r.window_start, added.added_ns)
+                          order by block_timestamp_ns desc limit 1), -1) as height) start on true
+     left join lateral (
+         (select allowance, gas_key_balance, 0 as later from key_events
+          where account_id = r.account_id and public_key = r.public_key
+            and action <> 'nonce_slot' and action <> 'deleted' and block_height <= start.height
+          order by block_height desc, source_rank desc, index_in_block desc limit 1)
+         union all
+         (select allowance, gas_key_balance, 1 as later from key_events
+          where account_id = r.account_id and public_key = r.public_key
+            and action <> 'nonce_slot' and action <> 'deleted' and block_height > start.height
+          order by block_height, source_rank, index_in_block limit 1)
+         order by later limit 1) before on true
+     order by r.n";
 
-/// The block time of a key's last addition at or before a height.
-pub const KEY_ADDED_AT: &str = "select b.block_timestamp_ns from key_events e
-     join blocks b on b.block_hash = e.block_hash
-     where e.account_id = $1 and e.public_key = $2 and e.action = 'added' and e.block_height <= $3
-     order by e.block_height desc limit 1";
-
-/// A key's value at the last block at or before a time, or, when keywatch
-/// knows nothing of it that early, the earliest value it knows.
-pub const KEY_BEFORE: &str = "(select allowance, gas_key_balance, 0 as later from key_events
-      where account_id = $1 and public_key = $2 and action <> 'nonce_slot' and action <> 'deleted'
-        and block_height <= coalesce((select block_height from blocks where block_timestamp_ns <= $3
-                                      order by block_timestamp_ns desc limit 1), -1)
-      order by block_height desc, source_rank desc, index_in_block desc limit 1)
-     union all
-     (select allowance, gas_key_balance, 1 as later from key_events
-      where account_id = $1 and public_key = $2 and action <> 'nonce_slot' and action <> 'deleted'
-        and block_height > coalesce((select block_height from blocks where block_timestamp_ns <= $3
-                                     order by block_timestamp_ns desc limit 1), -1)
-      order by block_height, source_rank, index_in_block limit 1)
-     order by later limit 1";
-
-/// An account's last balance write at or before a height.
-pub const BALANCE_AT: &str = "select amount, locked, deleted from balance_events
-     where account_id = $1 and block_height <= $2
-     order by block_height desc, source_rank desc, index_in_block desc limit 1";
-
-/// An account's balance at the last block at or before a time, or the
-/// earliest one keywatch knows.
-pub const BALANCE_BEFORE: &str = "(select amount, locked, 0 as later from balance_events
-      where account_id = $1 and not deleted
-        and block_height <= coalesce((select block_height from blocks where block_timestamp_ns <= $2
-                                      order by block_timestamp_ns desc limit 1), -1)
-      order by block_height desc, source_rank desc, index_in_block desc limit 1)
-     union all
-     (select amount, locked, 1 as later from balance_events
-      where account_id = $1 and not deleted
-        and block_height > coalesce((select block_height from blocks where block_timestamp_ns <= $2
-                                     order by block_timestamp_ns desc limit 1), -1)
-      order by block_height, source_rank, index_in_block limit 1)
-     order by later limit 1";
+/// For each account (`$1` accounts, `$2` window starts in ns; `n` its
+/// position, from 1): its last balance write at or before the judged height
+/// `$3` (`deleted` null if none), and its balance at the last block at or
+/// before its window's start, or the earliest one keywatch knows.
+pub const BALANCES_IN_WINDOW: &str = "select r.n, at.amount, at.locked, at.deleted,
+            before.amount as before_amount, before.locked as before_locked
+     from unnest($1::text[], $2::bigint[]) with ordinality as r(account_id, window_start, n)
+     left join lateral (
+         select amount, locked, deleted from balance_events
+         where account_id = r.account_id and block_height <= $3
+         order by block_height desc, source_rank desc, index_in_block desc limit 1) at on true
+     left join lateral (
+         select coalesce((select block_height from blocks where block_timestamp_ns <= r.window_start
+                          order by block_timestamp_ns desc limit 1), -1) as height) start on true
+     left join lateral (
+         (select amount, locked, 0 as later from balance_events
+          where account_id = r.account_id and not deleted and block_height <= start.height
+          order by block_height desc, source_rank desc, index_in_block desc limit 1)
+         union all
+         (select amount, locked, 1 as later from balance_events
+          where account_id = r.account_id and not deleted and block_height > start.height
+          order by block_height, source_rank, index_in_block limit 1)
+         order by later limit 1) before on true
+     order by r.n";
 
 pub async fn settled_block(
     conn: &mut PgConnection,
@@ -108,98 +125,92 @@ pub async fn accounts_written_at(
         .await?)
 }
 
-/// A key's last write.
+/// What [`KEYS_IN_WINDOW`] finds for one key.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct KeyWriteRow {
-    pub action: String,
+pub struct KeyWindow {
+    pub n: i64,
+    /// `None` when the key has no write at or before the judged height.
+    pub action: Option<String>,
     pub allowance: Option<BigDecimal>,
     pub gas_key_balance: Option<BigDecimal>,
+    pub before_allowance: Option<BigDecimal>,
+    pub before_gas_key_balance: Option<BigDecimal>,
 }
 
-pub async fn key_at(
+/// A key to judge: account, public key, and where its window starts (ns).
+pub struct WindowKey<'a> {
+    pub account_id: &'a str,
+    pub public_key: &'a str,
+    pub window_start_ns: i64,
+}
+
+/// [`KEYS_IN_WINDOW`] for `keys` at `height`: one answer per key, in order.
+pub async fn keys_in_window(
     conn: &mut PgConnection,
-    account: &str,
-    key: &str,
+    keys: &[WindowKey<'_>],
     height: i64,
-) -> Result<Option<KeyWriteRow>, StoreError> {
-    Ok(sqlx::query_as(KEY_AT)
-        .bind(account)
-        .bind(key)
+) -> Result<Vec<KeyWindow>, StoreError> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let accounts: Vec<&str> = keys.iter().map(|k| k.account_id).collect();
+    let public_keys: Vec<&str> = keys.iter().map(|k| k.public_key).collect();
+    let starts: Vec<i64> = keys.iter().map(|k| k.window_start_ns).collect();
+    let rows: Vec<KeyWindow> = sqlx::query_as(KEYS_IN_WINDOW)
+        .bind(accounts)
+        .bind(public_keys)
+        .bind(starts)
         .bind(height)
-        .fetch_optional(conn)
-        .await?)
+        .fetch_all(conn)
+        .await?;
+    one_answer_each(rows, keys.len(), |r| r.n)
 }
 
-pub async fn key_added_at(
-    conn: &mut PgConnection,
-    account: &str,
-    key: &str,
-    height: i64,
-) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(KEY_ADDED_AT)
-        .bind(account)
-        .bind(key)
-        .bind(height)
-        .fetch_optional(conn)
-        .await?)
-}
-
-/// A key's allowance and gas-key balance.
+/// What [`BALANCES_IN_WINDOW`] finds for one account.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct KeyValues {
-    pub allowance: Option<BigDecimal>,
-    pub gas_key_balance: Option<BigDecimal>,
-}
-
-pub async fn key_before(
-    conn: &mut PgConnection,
-    account: &str,
-    key: &str,
-    start_ns: i64,
-) -> Result<Option<KeyValues>, StoreError> {
-    Ok(sqlx::query_as(KEY_BEFORE)
-        .bind(account)
-        .bind(key)
-        .bind(start_ns)
-        .fetch_optional(conn)
-        .await?)
-}
-
-/// An account's balance as one write left it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct BalanceValues {
+pub struct BalanceWindow {
+    pub n: i64,
     pub amount: Option<BigDecimal>,
     pub locked: Option<BigDecimal>,
+    /// `None` when the account has no balance write at or before the height.
+    pub deleted: Option<bool>,
+    pub before_amount: Option<BigDecimal>,
+    pub before_locked: Option<BigDecimal>,
 }
 
-/// [`BalanceValues`] with whether the write deleted the account.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct BalanceWrite {
-    pub amount: Option<BigDecimal>,
-    pub locked: Option<BigDecimal>,
-    pub deleted: bool,
-}
-
-pub async fn balance_at(
+/// [`BALANCES_IN_WINDOW`] for `(account, window start)` pairs at `height`:
+/// one answer per account, in order.
+pub async fn balances_in_window(
     conn: &mut PgConnection,
-    account: &str,
+    accounts: &[(&str, i64)],
     height: i64,
-) -> Result<Option<BalanceWrite>, StoreError> {
-    Ok(sqlx::query_as(BALANCE_AT)
-        .bind(account)
+) -> Result<Vec<BalanceWindow>, StoreError> {
+    if accounts.is_empty() {
+        return Ok(vec![]);
+    }
+    let names: Vec<&str> = accounts.iter().map(|a| a.0).collect();
+    let starts: Vec<i64> = accounts.iter().map(|a| a.1).collect();
+    let rows: Vec<BalanceWindow> = sqlx::query_as(BALANCES_IN_WINDOW)
+        .bind(names)
+        .bind(starts)
         .bind(height)
-        .fetch_optional(conn)
-        .await?)
+        .fetch_all(conn)
+        .await?;
+    one_answer_each(rows, accounts.len(), |r| r.n)
 }
 
-pub async fn balance_before(
-    conn: &mut PgConnection,
-    account: &str,
-    start_ns: i64,
-) -> Result<Option<BalanceValues>, StoreError> {
-    Ok(sqlx::query_as(BALANCE_BEFORE)
-        .bind(account)
-        .bind(start_ns)
-        .fetch_optional(conn)
-        .await?)
+/// Checks that a batched look-up answered each question once, in order.
+fn one_answer_each<T>(
+    rows: Vec<T>,
+    asked: usize,
+    n: impl Fn(&T) -> i64,
+) -> Result<Vec<T>, StoreError> {
+    let in_order = rows.iter().enumerate().all(|(i, r)| n(r) == i as i64 + 1);
+    if rows.len() != asked || !in_order {
+        return Err(StoreError::Invalid(format!(
+            "a batched window look-up answered {} rows for {asked} questions",
+            rows.len()
+        )));
+    }
+    Ok(rows)
 }

@@ -103,15 +103,20 @@ async fn load(pool: &PgPool) -> (i64, i64) {
 /// index costs most.
 fn args(name: &str) -> Vec<String> {
     let mid_ts = (TS0 + 100_000 * BLOCK_NS).to_string();
+    let starts3 = format!("array[{mid_ts}, {mid_ts}, {mid_ts}]::bigint[]");
+    let starts2 = format!("array[{mid_ts}, {mid_ts}]::bigint[]");
     let args: &[&str] = match name {
         "window::SETTLED_BLOCK" => &["120000", "3"],
         "window::KEYS_WRITTEN_AT" | "window::ACCOUNTS_WRITTEN_AT" | "replay::ACCOUNTS_IN_BLOCK" => {
             &["120000"]
         }
-        "window::KEY_AT" | "window::KEY_ADDED_AT" => &["'acc0.near'", "'ed25519:busy0'", "120000"],
-        "window::KEY_BEFORE" => &["'acc0.near'", "'ed25519:busy0'", &mid_ts],
-        "window::BALANCE_AT" => &["'acc0.near'", "120000"],
-        "window::BALANCE_BEFORE" => &["'acc0.near'", &mid_ts],
+        "window::KEYS_IN_WINDOW" => &[
+            "array['acc0.near', 'acc1.near', 'acc2.near']",
+            "array['ed25519:busy0', 'ed25519:busy1', 'ed25519:k1']",
+            &starts3,
+            "120000",
+        ],
+        "window::BALANCES_IN_WINDOW" => &["array['acc0.near', 'acc1.near']", &starts2, "120000"],
         "keys::KEYS_AT" => &["'acc2.near'", "1", "120000"],
         "history::ACCOUNT_AT" => &["'acc0.near'", "1", "120000"],
         "history::HISTORY_KEYS" | "history::HISTORY_BALANCES" => &["'acc500.near'"],
