@@ -7,13 +7,20 @@
 //! Each run creates a scratch database, ingests a seeded chain (watched and
 //! unwatched accounts, calls with refunds, key additions and deletions,
 //! transfers) with the dispatcher delivering alongside, and prints blocks/s,
-//! rows/s, alerts, mails and RPC requests per block. Each load runs
-//! BENCH_REPEAT times (3) and the median is printed beside every run.
-//! Options via env: BENCH_BLOCKS (2000), BENCH_ACCOUNTS (200),
-//! BENCH_WATCHED (a list, "10,200"), BENCH_TX_PER_BLOCK (20). Then one run
-//! under a request budget (BENCH_BUDGET, 15 requests/s; BENCH_BUDGET_BLOCKS,
-//! 300) prints the catch-up rate it allows and the most requests the
-//! simulator saw in any one second.
+//! rows/s, alerts, mails, RPC requests per block, and the SQL statements and
+//! round trips per block counted on the wire by a proxy in front of
+//! Postgres. Each load runs BENCH_REPEAT times (3), the median printed
+//! beside every run, first on an empty database, then over about a million
+//! preloaded history rows. Options via env: BENCH_BLOCKS (2000),
+//! BENCH_ACCOUNTS (200), BENCH_WATCHED (a list, "10,200"),
+//! BENCH_TX_PER_BLOCK (20). Then, once each:
+//! - under a request budget (BENCH_BUDGET, 15 requests/s;
+//!   BENCH_BUDGET_BLOCKS, 300): the catch-up rate it allows and the most
+//!   requests the simulator saw in any one second;
+//! - with 10, 1,000, 10,000 and 100,000 watched accounts (BENCH_SCALE_BLOCKS,
+//!   500): requests and CPU per block, peak RSS;
+//! - at 30 ms of rpc latency, concurrency 1 to 64: blocks/s against the
+//!   lower of the rpc-bound limit and the 0 ms rate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +52,66 @@ struct Load {
     budget: Option<u32>,
     /// History rows written before ingesting (older blocks, same accounts).
     preload: bool,
+    /// More watched accounts that no block touches.
+    quiet: usize,
+    /// RPC latency at the simulator, and blocks fetched at once.
+    latency_ms: u64,
+    concurrency: usize,
+}
+
+impl Load {
+    fn new(blocks: u64, accounts: usize, watched: usize, per_block: usize) -> Load {
+        Load {
+            blocks,
+            accounts,
+            watched,
+            per_block,
+            budget: None,
+            preload: false,
+            quiet: 0,
+            latency_ms: 0,
+            concurrency: FollowOptions::default().concurrency,
+        }
+    }
+}
+
+/// CPU time (user + system) of a process so far, from /proc.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name, which is in parentheses
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15; clock ticks are 1/100 s on Linux
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// The CPU time of the Postgres backends serving `pool` so far.
+async fn backends_cpu(pool: &sqlx::PgPool) -> Duration {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("select pid from pg_stat_activity where datname = current_database()")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    pids.iter().map(|p| cpu_time(&p.to_string())).sum()
+}
+
+fn peak_rss_kb() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 struct Run {
@@ -60,6 +127,10 @@ struct Run {
     round_trips_per_block: f64,
     /// History rows in the database before ingesting.
     preloaded: i64,
+    /// CPU per block of this process (keywatch, simulator, SMTP server)
+    /// and of the Postgres backends.
+    cpu_per_block: Duration,
+    pg_cpu_per_block: Duration,
 }
 
 async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accepted) -> Run {
@@ -97,9 +168,19 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap() as u64;
     let genesis_ns = now_ns - load.blocks * scenario.chain.block_time.as_nanos() as u64;
     scenario.chain.genesis_time_ns = genesis_ns;
-    let sim = Simulator::start(scenario, SimOptions::default())
-        .await
-        .unwrap();
+    let faults = (load.latency_ms > 0).then(|| keywatch::sim::FaultPlan {
+        latency_ms: Some((load.latency_ms, load.latency_ms)),
+        ..Default::default()
+    });
+    let sim = Simulator::start(
+        scenario,
+        SimOptions {
+            faults,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     sim.advance_to(start + 3);
     let settings = Settings::from_toml(
         &format!(
@@ -138,6 +219,24 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
     init_cursor(&pool, &rpc, StartAt::Height(start + 1))
         .await
         .unwrap();
+    if load.quiet > 0 {
+        // watched accounts no block touches, tracked from the cursor
+        let cursor = keywatch::store::cursor(&pool).await.unwrap().unwrap();
+        for sql in [
+            "insert into watched_accounts (account_id, baseline_height, baseline_hash)
+             select 'quiet' || i || '.near', $2, $3 from generate_series(1, $1::bigint) i",
+            "insert into tracking_spans (account_id, from_height)
+             select 'quiet' || i || '.near', $2 from generate_series(1, $1::bigint) i",
+        ] {
+            sqlx::query(sql)
+                .bind(load.quiet as i64)
+                .bind(cursor.height as i64)
+                .bind(&cursor.hash)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
     sim.run_to_end();
     let requests_before = sim.requests();
     let mails_before = accepted.lock().unwrap().len();
@@ -148,14 +247,14 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
     let (stop_dispatch, dispatch_rx) = tokio::sync::watch::channel(false);
     let delivering = tokio::spawn(async move {
         dispatcher
-            .run(dispatch_rx, Duration::from_secs(60))
+            .run(dispatch_rx, Duration::from_secs(5))
             .await
             .unwrap()
     });
     let (_tx, stop) = tokio::sync::watch::channel(false);
     let opts = FollowOptions {
         exit_when_caught_up: true,
-        concurrency: 8,
+        concurrency: load.concurrency,
         poll_interval: Duration::from_millis(5),
         ..FollowOptions::default()
     };
@@ -164,11 +263,16 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         wire.statements.load(Relaxed),
         wire.round_trips.load(Relaxed),
     );
+    let me = std::process::id().to_string();
+    let (cpu, pg_cpu) = (cpu_time(&me), backends_cpu(&ingest_pool).await);
     let t = Instant::now();
     let summary = follow(&ingest_pool, &rpc, &opts, Some(&ctx), stop)
         .await
         .unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let cpu_per_block = (cpu_time(&me) - cpu) / summary.blocks as u32;
+    let pg_cpu_per_block =
+        backends_cpu(&ingest_pool).await.saturating_sub(pg_cpu) / summary.blocks as u32;
     let per_block = |n: u64| n as f64 / summary.blocks as f64;
     let statements_per_block = per_block(wire.statements.load(Relaxed) - statements);
     let round_trips_per_block = per_block(wire.round_trips.load(Relaxed) - round_trips);
@@ -188,6 +292,8 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         statements_per_block,
         round_trips_per_block,
         preloaded,
+        cpu_per_block,
+        pg_cpu_per_block,
     };
     ingest_pool.close().await;
     pool.close().await;
@@ -304,15 +410,12 @@ async fn main() {
         "ingest with every rule on and email delivery: {blocks} blocks x {per_block} tx/block, {accounts} accounts, up to {} blocks per transaction while catching up, synchronous_commit = {sync}, median of {repeat}",
         FollowOptions::default().blocks_per_transaction
     );
+    let mut rate_10 = None;
     for preload in [false, true] {
         for &w in &watched {
             let load = Load {
-                blocks,
-                accounts,
-                watched: w,
-                per_block,
-                budget: None,
                 preload,
+                ..Load::new(blocks, accounts, w, per_block)
             };
             let mut runs = Vec::new();
             for _ in 0..repeat {
@@ -323,6 +426,9 @@ async fn main() {
                 .map(|r| format!("{:.0}", r.blocks_per_s))
                 .collect();
             let last = runs.last().unwrap();
+            if w == 10 && !preload {
+                rate_10 = Some(median(runs.iter().map(|r| r.blocks_per_s).collect()));
+            }
             println!(
                 "  {w:4} watched, {:7} history rows before: {:6.0} blocks/s (runs: {}), {:6.0} history rows/s, {:.2} rpc requests/block, {:.2} SQL statements and {:.2} round trips per block, {} alerts, {} mails",
                 last.preloaded,
@@ -341,25 +447,54 @@ async fn main() {
     // second saw more requests than it.
     let budget = env("BENCH_BUDGET", 15) as u32;
     let load = Load {
-        blocks: env("BENCH_BUDGET_BLOCKS", 300),
-        accounts,
-        watched: 10,
-        per_block,
         budget: Some(budget),
-        preload: false,
+        ..Load::new(env("BENCH_BUDGET_BLOCKS", 300), accounts, 10, per_block)
     };
     let r = once(&base, &load, smtp_port, &accepted).await;
     println!(
         "  budget {budget} requests/s, 10 watched, {} blocks: {:.1} blocks/s catch-up, at most {} requests in any one second at the node",
         load.blocks, r.blocks_per_s, r.peak_per_second
     );
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
-        })
-        .unwrap_or_else(|| "?".into());
-    println!("  peak memory (VmHWM, simulator included): {peak} kB");
+    // The size of the watch list: the chain touches 10 of the accounts,
+    // the rest are quiet. Loads run smallest first, so each peak is the
+    // process's own (the simulator's chain included).
+    let scale_blocks = env("BENCH_SCALE_BLOCKS", 500);
+    println!(
+        "  watch list size ({scale_blocks} blocks; CPU of this process, which holds the simulator, and of Postgres):"
+    );
+    for total in [10usize, 1_000, 10_000, 100_000] {
+        let load = Load {
+            quiet: total - 10,
+            ..Load::new(scale_blocks, accounts, 10, per_block)
+        };
+        let r = once(&base, &load, smtp_port, &accepted).await;
+        println!(
+            "  {total:6} watched: {:6.0} blocks/s, {:.2} rpc requests/block, CPU per block {:.2} ms here + {:.2} ms Postgres, peak RSS so far {} kB",
+            r.blocks_per_s,
+            r.requests_per_block,
+            r.cpu_per_block.as_secs_f64() * 1e3,
+            r.pg_cpu_per_block.as_secs_f64() * 1e3,
+            peak_rss_kb()
+        );
+    }
+    // Against a node 30 ms away: how close each concurrency comes to the
+    // lower of what the rpc allows (concurrency / (requests per block x
+    // latency)) and the 0 ms rate.
+    let rate0 = rate_10.unwrap_or(f64::MAX);
+    println!("  30 ms rpc latency, 10 watched (the 0 ms rate: {rate0:.0} blocks/s):");
+    for c in [1usize, 2, 4, 8, 16, 32, 64] {
+        let load = Load {
+            latency_ms: 30,
+            concurrency: c,
+            ..Load::new((40 * c as u64).clamp(100, 1000), accounts, 10, per_block)
+        };
+        let r = once(&base, &load, smtp_port, &accepted).await;
+        let bound = (c as f64 / (r.requests_per_block * 0.030)).min(rate0);
+        println!(
+            "  concurrency {c:2}: {:6.1} blocks/s, bound {bound:6.1} blocks/s ({:.2} requests/block): {:3.0}%",
+            r.blocks_per_s,
+            r.requests_per_block,
+            100.0 * r.blocks_per_s / bound
+        );
+    }
 }

@@ -9,6 +9,7 @@
 //! applied.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use sqlx::PgPool;
 
@@ -54,6 +55,46 @@ pub struct BlockCount {
     pub balance_rows: usize,
 }
 
+/// What the follower keeps in memory from one transaction to the next.
+/// Each part is checked against the database inside every transaction
+/// before it is used (the watch list's version, the cursor's hash), so an
+/// edit by another process, a restart or a failed commit cannot make it lie.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    /// What the last committed blocks wrote, for the window rules.
+    pub recent: Recent,
+    /// The tracked accounts, with the watch list's version they were read at.
+    watched: Option<(i64, Arc<BTreeSet<AccountId>>)>,
+}
+
+impl Memory {
+    pub fn new(max_settle: u32) -> Memory {
+        Memory {
+            recent: Recent::new(max_settle),
+            watched: None,
+        }
+    }
+
+    /// The tracked accounts, read again only when the watch list's version
+    /// moved. The version is read first: a change committed between the
+    /// two reads leaves a newer set under an older version, which the next
+    /// call reads again.
+    pub async fn watched(
+        &mut self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<Arc<BTreeSet<AccountId>>, IngestError> {
+        let version = store::watch::version(conn).await?;
+        if let Some((held, set)) = &self.watched
+            && *held == version
+        {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(store::watch::tracked(conn).await?);
+        self.watched = Some((version, set.clone()));
+        Ok(set)
+    }
+}
+
 /// Applies one block in one transaction (see [`apply_blocks`]).
 pub async fn apply_block(
     pool: &PgPool,
@@ -61,8 +102,8 @@ pub async fn apply_block(
     alerts: Option<&AlertContext>,
     epoch: Option<i64>,
 ) -> Result<Applied, IngestError> {
-    let mut recent = Recent::default();
-    let run = apply_blocks(pool, std::slice::from_ref(data), alerts, epoch, &mut recent).await?;
+    let mut memory = Memory::default();
+    let run = apply_blocks(pool, std::slice::from_ref(data), alerts, epoch, &mut memory).await?;
     Ok(match (run.committed.first(), run.refetch) {
         (Some(c), _) => Applied::Block {
             key_rows: c.key_rows,
@@ -76,14 +117,14 @@ pub async fn apply_block(
 /// Applies consecutive blocks (each the parent of the next) in one
 /// transaction. With `epoch`, the transaction first checks that this
 /// process still holds the leader lease under that epoch (fencing): a
-/// deposed leader writes nothing. `recent` is what the blocks up to the
-/// cursor wrote; it is moved past the run once the run commits.
+/// deposed leader writes nothing. `memory` is moved past the run once the
+/// run commits.
 pub async fn apply_blocks(
     pool: &PgPool,
     blocks: &[BlockData],
     alerts: Option<&AlertContext>,
     epoch: Option<i64>,
-    recent: &mut Recent,
+    memory: &mut Memory,
 ) -> Result<RunApplied, IngestError> {
     let mut out = RunApplied::default();
     let mut tx = pool.begin().await?;
@@ -115,10 +156,11 @@ pub async fn apply_blocks(
     if run.is_empty() {
         return Ok(out);
     }
-    let watched = store::watch::tracked(&mut tx).await?;
+    let watched = memory.watched(&mut tx).await?;
+    let watched: &BTreeSet<AccountId> = &watched;
     if let Some((i, missed)) = run.iter().enumerate().find_map(|(i, data)| {
         let missed: BTreeSet<AccountId> = data
-            .touched_in(&watched)
+            .touched_in(watched)
             .filter(|a| !data.fetched_for.contains(*a))
             .cloned()
             .collect();
@@ -133,7 +175,7 @@ pub async fn apply_blocks(
     // The state before the run, read once for every account it writes.
     let needed: BTreeSet<&AccountId> = run
         .iter()
-        .flat_map(|d| accounts_written(d, &watched))
+        .flat_map(|d| accounts_written(d, watched))
         .collect();
     let mut current = Current::default();
     let missing = current.missing(needed);
@@ -142,12 +184,12 @@ pub async fn apply_blocks(
     for a in &missing {
         current.accounts.entry(a.clone()).or_insert(None);
     }
-    recent.anchor(&cursor.hash);
-    let mut after = recent.clone();
+    memory.recent.anchor(&cursor.hash);
+    let mut after = memory.recent.clone();
     let mut writes = Writes::default();
     let mut facts = Vec::with_capacity(run.len());
     for data in run {
-        let plan = plan_block(data, &watched, &mut current);
+        let plan = plan_block(data, watched, &mut current);
         let written = Written::of(&plan);
         out.committed.push(BlockCount {
             height: data.header.height,
@@ -168,7 +210,7 @@ pub async fn apply_blocks(
         store::advance_cursor(&mut tx, &last.header).await?;
     }
     tx.commit().await?;
-    *recent = after;
+    memory.recent = after;
     Ok(out)
 }
 

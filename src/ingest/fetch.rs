@@ -13,7 +13,8 @@ pub struct BlockData {
     pub header: BlockHeader,
     /// What the block touched (all accounts, watched or not).
     pub touched: Vec<Touched>,
-    /// The watched set the changes were fetched for.
+    /// The accounts it touched that were watched when it was fetched: the
+    /// accounts its changes were asked for.
     pub fetched_for: BTreeSet<AccountId>,
     /// Access-key writes (incl. gas-key nonces), in the node's order.
     pub key_changes: Vec<StateChange>,
@@ -116,10 +117,17 @@ pub async fn fetch_block(
         fetch(ChangesKind::AllAccessKeys, &key_accounts),
         fetch(ChangesKind::Accounts, &balance_accounts)
     )?;
+    let fetched_for = effects
+        .touched
+        .iter()
+        .map(|t| &t.account_id)
+        .filter(|a| watched.contains(*a))
+        .cloned()
+        .collect();
     Ok(BlockData {
         header,
         touched: effects.touched,
-        fetched_for: watched.clone(),
+        fetched_for,
         key_changes,
         account_changes,
     })

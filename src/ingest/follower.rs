@@ -16,12 +16,11 @@ use crate::domain::AccountId;
 use crate::health::Health;
 use crate::ingest::IngestError;
 use crate::ingest::alerts::AlertContext;
-use crate::ingest::apply::apply_blocks;
+use crate::ingest::apply::{Memory, apply_blocks};
 use crate::ingest::baseline::{ensure_baselines, read_baseline};
 use crate::ingest::fetch::{BlockData, fetch_block};
 use crate::ingest::headers::next_headers;
 use crate::ingest::pace::Pacer;
-use crate::ingest::recent::Recent;
 use crate::ingest::reconcile::apply_fixes;
 use crate::rpc::{BlockRef, RpcClient};
 use crate::store::{self, Cursor};
@@ -177,7 +176,7 @@ pub async fn follow_into(
     };
     let mut pacer = Pacer::new(opts.poll_interval);
     let max_settle = alerts.and_then(|c| c.settles().last().copied());
-    let mut recent = Recent::new(max_settle.unwrap_or(0));
+    let mut memory = Memory::new(max_settle.unwrap_or(0));
     loop {
         if *stop.borrow() {
             break;
@@ -256,7 +255,7 @@ pub async fn follow_into(
         }
         let watched = {
             let mut conn = pool.acquire().await?;
-            store::watch::tracked(&mut conn).await?
+            memory.watched(&mut conn).await?
         };
         let run = Follow {
             pool,
@@ -266,7 +265,7 @@ pub async fn follow_into(
             stop: &stop,
             report_to: opts.until_height.unwrap_or(final_head.height),
         };
-        run.ingest(headers, watched, summary, &mut progress, &mut recent)
+        run.ingest(headers, watched, summary, &mut progress, &mut memory)
             .await?;
         if *stop.borrow() || opts.until_height.is_some_and(|u| summary.last_height >= u) {
             break;
@@ -304,10 +303,10 @@ impl Follow<'_> {
     async fn ingest(
         &self,
         headers: Vec<crate::domain::BlockHeader>,
-        watched: BTreeSet<AccountId>,
+        watched: Arc<BTreeSet<AccountId>>,
         summary: &mut FollowSummary,
         progress: &mut Progress,
-        recent: &mut Recent,
+        memory: &mut Memory,
     ) -> Result<(), IngestError> {
         let concurrency = self.opts.concurrency.max(1);
         let (sender, mut arrived) = tokio::sync::mpsc::channel(concurrency);
@@ -340,7 +339,7 @@ impl Follow<'_> {
                         Err(_) => break,
                     }
                 }
-                self.apply(run, summary, recent).await?;
+                self.apply(run, summary, memory).await?;
                 if let Some(e) = failed {
                     return Err(e);
                 }
@@ -368,12 +367,12 @@ impl Follow<'_> {
         &self,
         mut run: Vec<BlockData>,
         summary: &mut FollowSummary,
-        recent: &mut Recent,
+        memory: &mut Memory,
     ) -> Result<(), IngestError> {
         use crate::metrics::{METRICS, add, set};
         while !run.is_empty() {
             let applied =
-                apply_blocks(self.pool, &run, self.alerts, self.opts.epoch, recent).await?;
+                apply_blocks(self.pool, &run, self.alerts, self.opts.epoch, memory).await?;
             for c in &applied.committed {
                 add(&METRICS.blocks, 1);
                 add(&METRICS.key_rows, c.key_rows as u64);
@@ -404,7 +403,7 @@ impl Follow<'_> {
             );
             let now = {
                 let mut conn = self.pool.acquire().await?;
-                store::watch::tracked(&mut conn).await?
+                memory.watched(&mut conn).await?
             };
             run.drain(..i);
             let header = run[0].header.clone();

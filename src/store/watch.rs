@@ -289,6 +289,15 @@ pub async fn tracked(
     Ok(ids(conn, true).await?.into_iter().collect())
 }
 
+/// The watch list's version: it moves with every change to the list.
+pub async fn version(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("select version from watch_list_version where id = 1")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
 /// Accounts waiting for a baseline (added before any cursor existed).
 pub async fn pending(conn: &mut PgConnection) -> Result<Vec<AccountId>, StoreError> {
     ids(conn, false).await
