@@ -125,6 +125,8 @@ struct Run {
     /// SQL statements and round trips per block, counted on the wire.
     statements_per_block: f64,
     round_trips_per_block: f64,
+    /// Blocks per committed transaction, counted on the wire.
+    blocks_per_commit: f64,
     /// History rows in the database before ingesting.
     preloaded: i64,
     /// CPU per block of this process (keywatch, simulator, SMTP server)
@@ -259,9 +261,10 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         ..FollowOptions::default()
     };
     use std::sync::atomic::Ordering::Relaxed;
-    let (statements, round_trips) = (
+    let (statements, round_trips, commits) = (
         wire.statements.load(Relaxed),
         wire.round_trips.load(Relaxed),
+        wire.commits.load(Relaxed),
     );
     let me = std::process::id().to_string();
     let (cpu, pg_cpu) = (cpu_time(&me), backends_cpu(&ingest_pool).await);
@@ -276,6 +279,7 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
     let per_block = |n: u64| n as f64 / summary.blocks as f64;
     let statements_per_block = per_block(wire.statements.load(Relaxed) - statements);
     let round_trips_per_block = per_block(wire.round_trips.load(Relaxed) - round_trips);
+    let blocks_per_commit = 1.0 / per_block(wire.commits.load(Relaxed) - commits);
     stop_dispatch.send_replace(true);
     delivering.await.unwrap();
     let alerts: i64 = sqlx::query_scalar("select count(*) from alerts")
@@ -291,6 +295,7 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         peak_per_second: sim.peak_requests_per_second(),
         statements_per_block,
         round_trips_per_block,
+        blocks_per_commit,
         preloaded,
         cpu_per_block,
         pg_cpu_per_block,
@@ -407,10 +412,10 @@ async fn main() {
         .unwrap();
     let (smtp_port, accepted) = common::smtp_server().await;
     println!(
-        "ingest with every rule on and email delivery: {blocks} blocks x {per_block} tx/block, {accounts} accounts, up to {} blocks per transaction while catching up, synchronous_commit = {sync}, median of {repeat}",
-        FollowOptions::default().blocks_per_transaction
+        "ingest with every rule on and email delivery: {blocks} blocks x {per_block} tx/block, {accounts} accounts, synchronous_commit = {sync}, median of {repeat}"
     );
     let mut rate_10 = None;
+    let mut rates = Vec::new();
     for preload in [false, true] {
         for &w in &watched {
             let load = Load {
@@ -426,11 +431,13 @@ async fn main() {
                 .map(|r| format!("{:.0}", r.blocks_per_s))
                 .collect();
             let last = runs.last().unwrap();
+            let rate = median(runs.iter().map(|r| r.blocks_per_s).collect());
             if w == 10 && !preload {
-                rate_10 = Some(median(runs.iter().map(|r| r.blocks_per_s).collect()));
+                rate_10 = Some(rate);
             }
+            rates.push((preload, w, rate));
             println!(
-                "  {w:4} watched, {:7} history rows before: {:6.0} blocks/s (runs: {}), {:6.0} history rows/s, {:.2} rpc requests/block, {:.2} SQL statements and {:.2} round trips per block, {} alerts, {} mails",
+                "  {w:4} watched, {:7} history rows before: {:6.0} blocks/s (runs: {}), {:6.0} history rows/s, {:.2} rpc requests/block, {:.2} SQL statements and {:.2} round trips per block, {:.1} blocks per transaction, {} alerts, {} mails",
                 last.preloaded,
                 median(runs.iter().map(|r| r.blocks_per_s).collect()),
                 each.join(", "),
@@ -438,8 +445,18 @@ async fn main() {
                 last.requests_per_block,
                 last.statements_per_block,
                 last.round_trips_per_block,
+                last.blocks_per_commit,
                 last.alerts,
                 last.mails
+            );
+        }
+    }
+    for &w in &watched {
+        let rate = |p: bool| rates.iter().find(|r| r.0 == p && r.1 == w).map(|r| r.2);
+        if let (Some(empty), Some(full)) = (rate(false), rate(true)) {
+            println!(
+                "  {w:4} watched: a million history rows make a block {:.2}x as slow (target: at most 1.2x)",
+                empty / full
             );
         }
     }
@@ -456,12 +473,14 @@ async fn main() {
         load.blocks, r.blocks_per_s, r.peak_per_second
     );
     // The size of the watch list: the chain touches 10 of the accounts,
-    // the rest are quiet. Loads run smallest first, so each peak is the
-    // process's own (the simulator's chain included).
+    // the rest are quiet. The peak RSS is the whole process's high-water
+    // mark so far (the simulator's chain, the SMTP server and every earlier
+    // load included): an upper bound for keywatch's own.
     let scale_blocks = env("BENCH_SCALE_BLOCKS", 500);
     println!(
         "  watch list size ({scale_blocks} blocks; CPU of this process, which holds the simulator, and of Postgres):"
     );
+    let mut cpu_at_10 = None;
     for total in [10usize, 1_000, 10_000, 100_000] {
         let load = Load {
             quiet: total - 10,
@@ -476,6 +495,14 @@ async fn main() {
             r.pg_cpu_per_block.as_secs_f64() * 1e3,
             peak_rss_kb()
         );
+        let cpu = r.cpu_per_block + r.pg_cpu_per_block;
+        match cpu_at_10 {
+            None => cpu_at_10 = Some(cpu),
+            Some(base) => println!(
+                "          CPU per block {:.2}x that at 10 watched (target at 10,000: at most 1.5x)",
+                cpu.as_secs_f64() / base.as_secs_f64().max(1e-9)
+            ),
+        }
     }
     // Against a node 30 ms away: how close each concurrency comes to the
     // lower of what the rpc allows (concurrency / (requests per block x

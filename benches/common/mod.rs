@@ -77,6 +77,8 @@ pub struct Wire {
     pub statements: std::sync::atomic::AtomicU64,
     /// `Query` and `Sync` messages: each waits for the server's answer.
     pub round_trips: std::sync::atomic::AtomicU64,
+    /// `COMMIT` statements.
+    pub commits: std::sync::atomic::AtomicU64,
 }
 
 /// A TCP proxy to the Postgres at `upstream` (host:port) that counts the
@@ -102,10 +104,17 @@ pub async fn counting_proxy(upstream: String) -> (u16, Arc<Wire>) {
                 let (sr, mut sw) = server.into_split();
                 tokio::spawn(async move {
                     let (mut sr, mut cw) = (sr, cw);
-                    // ends when either side closes: the usual end of a connection
-                    tokio::io::copy(&mut sr, &mut cw).await.ok();
+                    // Either side closing ends the connection, the usual way
+                    // it ends: an error here is that, not a failure.
+                    if let Err(e) = tokio::io::copy(&mut sr, &mut cw).await {
+                        eprintln!("proxy: server side closed: {e}");
+                    }
                 });
-                count_frontend(&mut cr, &mut sw, &counts).await.ok();
+                if let Err(e) = count_frontend(&mut cr, &mut sw, &counts).await
+                    && e.kind() != std::io::ErrorKind::UnexpectedEof
+                {
+                    eprintln!("proxy: client side closed: {e}");
+                }
             });
         }
     });
@@ -138,6 +147,9 @@ async fn count_frontend(
             b'Q' => {
                 counts.statements.fetch_add(1, Relaxed);
                 counts.round_trips.fetch_add(1, Relaxed);
+                if message[5..].starts_with(b"COMMIT") {
+                    counts.commits.fetch_add(1, Relaxed);
+                }
             }
             b'E' => {
                 counts.statements.fetch_add(1, Relaxed);

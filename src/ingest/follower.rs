@@ -1,7 +1,8 @@
 //! The loop behind `run` and `backfill`: read the final head, take the
-//! blocks after the cursor in chain order (fetched concurrently, applied
-//! strictly in order, one transaction each), pick up watch-list changes,
-//! and stop cleanly between transactions.
+//! blocks after the cursor in chain order (fetched ahead and concurrently,
+//! applied strictly in order, each run of waiting blocks in one
+//! transaction), pick up watch-list changes, and stop cleanly between
+//! transactions.
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
@@ -309,7 +310,9 @@ impl Follow<'_> {
         memory: &mut Memory,
     ) -> Result<(), IngestError> {
         let concurrency = self.opts.concurrency.max(1);
-        let (sender, mut arrived) = tokio::sync::mpsc::channel(concurrency);
+        let per_transaction = self.opts.blocks_per_transaction.max(1);
+        // Room for a whole transaction's run of blocks to wait.
+        let (sender, mut arrived) = tokio::sync::mpsc::channel(concurrency.max(per_transaction));
         let rpc = self.rpc;
         let per_request = self.opts.accounts_per_request;
         let fetching = async move {
@@ -325,7 +328,6 @@ impl Follow<'_> {
             }
         };
         let applying = async {
-            let per_transaction = self.opts.blocks_per_transaction.max(1);
             while let Some(first) = arrived.recv().await {
                 let mut run = vec![first?];
                 let mut failed = None;

@@ -136,7 +136,9 @@ pub async fn reconcile(
         raise_drift(&mut tx, ctx, &cursor, &differences).await?;
     }
     let drifted: Vec<AccountId> = differences.iter().map(|d| d.account.clone()).collect();
-    store::watch::request_fix(&mut tx, &drifted).await?;
+    if !drifted.is_empty() {
+        store::watch::request_fix(&mut tx, &drifted).await?;
+    }
     store::record_reconcile(&mut tx, &cursor, checked, differences.len()).await?;
     tx.commit().await?;
     for d in &differences {

@@ -899,3 +899,59 @@ async fn a_reconcile_asked_of_the_leader_is_run_there_and_answered(pool: PgPool)
     stop.send_replace(true);
     server.await.unwrap();
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn runs_of_blocks_in_one_transaction_record_exactly_the_chain_history(pool: PgPool) {
+    use keywatch::ingest::apply::{Memory, apply_blocks};
+    let sim = Simulator::start(big_scenario(200), SimOptions::default())
+        .await
+        .unwrap();
+    let rpc = client(&sim.url());
+    tracked_from_start(&pool, &sim, &rpc, &[0, 1, 2, 3, 4, 5]).await;
+    let final_height = sim.with_chain(|c| c.final_block().header.height);
+    let headers: Vec<_> = (START + 1..=final_height)
+        .filter_map(|h| sim.with_chain(|c| c.block_by_height(h).map(|b| b.header.clone())))
+        .collect();
+    let watched: BTreeSet<AccountId> = (0..6).map(acc).collect();
+    let mut blocks = Vec::new();
+    for h in headers {
+        blocks.push(
+            keywatch::ingest::fetch::fetch_block(&rpc, h, &watched, 100)
+                .await
+                .unwrap(),
+        );
+    }
+    // Runs of 25 blocks: a key's writes, deletions and re-additions, and an
+    // account's updates, fall in one run as well as across two.
+    let mut memory = Memory::default();
+    let mut applied = 0;
+    for run in blocks.chunks(25) {
+        let out = apply_blocks(&pool, run, None, None, &mut memory)
+            .await
+            .unwrap();
+        assert_eq!((out.skipped, out.refetch), (0, None));
+        assert_eq!(out.committed.len(), run.len(), "the whole run commits");
+        applied += out.committed.len();
+    }
+    assert_eq!(applied, blocks.len());
+    assert_eq!(
+        store::cursor(&pool).await.unwrap().unwrap().height,
+        final_height
+    );
+    assert_matches_chain(&pool, &sim).await;
+    // Applying the same runs again, shifted, changes nothing.
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select (select count(*) from key_events) + (select count(*) from balance_events)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = count().await;
+    let again = apply_blocks(&pool, &blocks[10..40], None, None, &mut memory)
+        .await
+        .unwrap();
+    assert_eq!((again.skipped, again.committed.len()), (30, 0));
+    assert_eq!(count().await, before);
+}
