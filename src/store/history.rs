@@ -42,6 +42,20 @@ struct StateColumns {
 }
 
 impl StateColumns {
+    /// Binds the seven arrays, in the order of the struct's fields.
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.amount)
+            .bind(self.locked)
+            .bind(self.storage_usage)
+            .bind(self.code_hash)
+            .bind(self.global_contract_hash)
+            .bind(self.global_contract_account_id)
+            .bind(self.deleted)
+    }
+
     fn push(&mut self, state: Option<&AccountState>) -> Result<(), StoreError> {
         self.storage_usage.push(
             state
@@ -103,7 +117,7 @@ pub async fn insert_balance_rows(
         .collect();
     let sources: Vec<&str> = rows.iter().map(|r| r.source).collect();
     let contract_changed: Vec<bool> = rows.iter().map(|r| r.contract_changed).collect();
-    let result = sqlx::query(
+    let query = sqlx::query(
         "insert into balance_events (account_id, block_height, block_hash, index_in_block, amount, locked,
             storage_usage, code_hash, global_contract_hash, global_contract_account_id, deleted, cause,
             tx_hash, receipt_hash, source, contract_changed)
@@ -116,21 +130,16 @@ pub async fn insert_balance_rows(
     .bind(accounts)
     .bind(heights)
     .bind(hashes)
-    .bind(indexes)
-    .bind(state.amount)
-    .bind(state.locked)
-    .bind(state.storage_usage)
-    .bind(state.code_hash)
-    .bind(state.global_contract_hash)
-    .bind(state.global_contract_account_id)
-    .bind(state.deleted)
-    .bind(causes)
-    .bind(tx_hashes)
-    .bind(receipt_hashes)
-    .bind(sources)
-    .bind(contract_changed)
-    .execute(&mut *tx)
-    .await?;
+    .bind(indexes);
+    let result = state
+        .bind(query)
+        .bind(causes)
+        .bind(tx_hashes)
+        .bind(receipt_hashes)
+        .bind(sources)
+        .bind(contract_changed)
+        .execute(&mut *tx)
+        .await?;
     Ok(result.rows_affected())
 }
 
@@ -160,7 +169,7 @@ pub async fn upsert_account_states(
         heights.push(height_to_i64("block height", *h)?);
     }
     let accounts: Vec<&str> = rows.iter().map(|(a, ..)| a.as_str()).collect();
-    sqlx::query(
+    let query = sqlx::query(
         "insert into current_accounts (account_id, amount, locked, storage_usage, code_hash,
             global_contract_hash, global_contract_account_id, deleted, updated_at_height)
          select * from unnest($1::text[], $2::numeric[], $3::numeric[], $4::bigint[], $5::text[],
@@ -171,17 +180,8 @@ pub async fn upsert_account_states(
             global_contract_account_id = excluded.global_contract_account_id,
             deleted = excluded.deleted, updated_at_height = excluded.updated_at_height",
     )
-    .bind(accounts)
-    .bind(state.amount)
-    .bind(state.locked)
-    .bind(state.storage_usage)
-    .bind(state.code_hash)
-    .bind(state.global_contract_hash)
-    .bind(state.global_contract_account_id)
-    .bind(state.deleted)
-    .bind(heights)
-    .execute(&mut *tx)
-    .await?;
+    .bind(accounts);
+    state.bind(query).bind(heights).execute(&mut *tx).await?;
     Ok(())
 }
 

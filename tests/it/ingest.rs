@@ -378,6 +378,16 @@ pub async fn assert_matches_chain(pool: &PgPool, sim: &Simulator) {
 
 /// Watches accounts near genesis (before the chain has moved on), starting
 /// at START + 1, then lets the simulator produce the rest of the chain.
+/// Key and balance history rows stored.
+async fn history_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "select (select count(*) from key_events) + (select count(*) from balance_events)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 async fn tracked_from_start(pool: &PgPool, sim: &Simulator, rpc: &RpcClient, ids: &[usize]) {
     sim.advance_to(START + 5);
     let out = start_tracking(pool, rpc, "localnet", &watch(ids), false)
@@ -470,15 +480,7 @@ async fn replaying_blocks_changes_nothing(pool: PgPool) {
     let rpc = client(&sim.url());
     tracked_from_start(&pool, &sim, &rpc, &[0]).await;
     follow(&pool, &rpc, &opts(), None, no_stop()).await.unwrap();
-    let count = || async {
-        sqlx::query_scalar::<_, i64>(
-            "select (select count(*) from key_events) + (select count(*) from balance_events)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    };
-    let before = count().await;
+    let before = history_rows(&pool).await;
     let header = sim.with_chain(|c| c.block_by_height(START + 20).unwrap().header.clone());
     let watched = [acc(0)].into_iter().collect();
     let data = keywatch::ingest::fetch::fetch_block(&rpc, header, &watched, 100)
@@ -488,7 +490,7 @@ async fn replaying_blocks_changes_nothing(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(again, keywatch::ingest::apply::Applied::AlreadyApplied);
-    assert_eq!(count().await, before);
+    assert_eq!(history_rows(&pool).await, before);
 }
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
@@ -940,18 +942,10 @@ async fn runs_of_blocks_in_one_transaction_record_exactly_the_chain_history(pool
     );
     assert_matches_chain(&pool, &sim).await;
     // Applying the same runs again, shifted, changes nothing.
-    let count = || async {
-        sqlx::query_scalar::<_, i64>(
-            "select (select count(*) from key_events) + (select count(*) from balance_events)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    };
-    let before = count().await;
+    let before = history_rows(&pool).await;
     let again = apply_blocks(&pool, &blocks[10..40], None, None, &mut memory)
         .await
         .unwrap();
     assert_eq!((again.skipped, again.committed.len()), (30, 0));
-    assert_eq!(count().await, before);
+    assert_eq!(history_rows(&pool).await, before);
 }
