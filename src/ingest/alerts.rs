@@ -3,7 +3,7 @@
 //! balance drop) on the block `settle_blocks` blocks back, judged on net
 //! change in chain time. Drafts become outbox rows in the same transaction.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use crate::domain::{AccessKey, AccountId, AccountState, BlockHeader, PublicKey, 
 use crate::ingest::IngestError;
 use crate::ingest::recent::Recent;
 use crate::rules::{AlertDraft, BlockFacts, KeyWrite, WindowValues, evaluate_block, window_drop};
-use crate::store::alerts::{Decided, fired_since, insert};
+use crate::store::alerts::{Decided, fired_since_many, insert_many};
 use crate::store::convert::{height_to_i64, ns_to_time, numeric_to_yocto};
 use crate::store::window;
 
@@ -124,26 +124,49 @@ pub async fn queue(
         block_hash: &hash,
         block_time,
     };
-    let mut created = 0;
-    for (mut d, cooldown) in drafts {
+    // Cooldowns, all asked at once; a draft is also quiet when an earlier
+    // draft of this block for the same rule, account and key was kept, as
+    // asking one by one after each insert would find.
+    let mut drafts = drafts;
+    let asked: Vec<_> = drafts
+        .iter()
+        .map(|(d, cooldown)| {
+            let since = block_time
+                - chrono::Duration::from_std(*cooldown).unwrap_or(chrono::Duration::zero());
+            (
+                d.rule,
+                d.account_id.as_str(),
+                d.public_key.as_deref(),
+                since,
+            )
+        })
+        .collect();
+    let fired = fired_since_many(tx, &asked).await?;
+    let mut kept_here: HashSet<(&str, String, Option<String>)> = HashSet::new();
+    let mut keep = Vec::with_capacity(drafts.len());
+    for ((d, cooldown), fired) in drafts.iter().zip(fired) {
+        let key = (d.rule, d.account_id.clone(), d.public_key.clone());
+        let quiet = !cooldown.is_zero() && (fired || kept_here.contains(&key));
+        keep.push(!quiet);
+        if !quiet {
+            kept_here.insert(key);
+        }
+    }
+    let mut queued = Vec::new();
+    for ((d, _), keep) in drafts.iter_mut().zip(keep) {
+        if !keep {
+            continue;
+        }
         if late && let Some(obj) = d.details.as_object_mut() {
             obj.insert("late".into(), serde_json::Value::Bool(true));
         }
-        let since =
-            block_time - chrono::Duration::from_std(cooldown).unwrap_or(chrono::Duration::zero());
-        if !cooldown.is_zero()
-            && fired_since(tx, d.rule, &d.account_id, d.public_key.as_deref(), since).await?
-        {
-            continue;
-        }
         // Alerts about keywatch itself are news whatever the block's age.
         let send = recent || matches!(d.rule, "ingest_stalled" | "state_drift");
-        if insert(tx, &d, &at, &ctx.channels, send).await?.is_some() {
-            created += 1;
-            crate::metrics::add(&crate::metrics::METRICS.alerts, 1);
-        }
+        queued.push((&*d, send));
     }
-    Ok(created)
+    let created = insert_many(tx, &queued, &at, &ctx.channels).await?;
+    crate::metrics::add(&crate::metrics::METRICS.alerts, created);
+    Ok(created as usize)
 }
 
 fn with_cooldown(rules: &RuleSet, drafts: Vec<AlertDraft>) -> Vec<(AlertDraft, Duration)> {

@@ -148,6 +148,117 @@ pub async fn fired_since(
     .await?)
 }
 
+/// [`fired_since`] for several (rule, account, key, since) questions in
+/// one statement; one answer per question, in order.
+pub async fn fired_since_many(
+    tx: &mut PgConnection,
+    asked: &[(&str, &str, Option<&str>, chrono::DateTime<chrono::Utc>)],
+) -> Result<Vec<bool>, StoreError> {
+    if asked.is_empty() {
+        return Ok(vec![]);
+    }
+    let rules: Vec<&str> = asked.iter().map(|a| a.0).collect();
+    let accounts: Vec<&str> = asked.iter().map(|a| a.1).collect();
+    let keys: Vec<Option<&str>> = asked.iter().map(|a| a.2).collect();
+    let since: Vec<chrono::DateTime<chrono::Utc>> = asked.iter().map(|a| a.3).collect();
+    let answers: Vec<bool> = sqlx::query_scalar(
+        "select exists(select 1 from alerts a where a.rule = q.rule and a.account_id = q.account_id
+                and coalesce(a.public_key, '') = coalesce(q.public_key, '') and a.block_time > q.since)
+         from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+              with ordinality as q(rule, account_id, public_key, since, n)
+         order by q.n",
+    )
+    .bind(rules)
+    .bind(accounts)
+    .bind(keys)
+    .bind(since)
+    .fetch_all(tx)
+    .await?;
+    if answers.len() != asked.len() {
+        return Err(StoreError::Invalid(format!(
+            "the cooldown look-up answered {} of {} questions",
+            answers.len(),
+            asked.len()
+        )));
+    }
+    Ok(answers)
+}
+
+/// Inserts alerts decided at one block, each with a delivery per channel
+/// (`pending` when its `send` is true, else `suppressed`), in one
+/// statement; the dedup keys make a replayed block insert nothing, and the
+/// outbox is woken once if anything is pending. Returns how many alerts
+/// were new.
+pub async fn insert_many(
+    tx: &mut PgConnection,
+    drafts: &[(&AlertDraft, bool)],
+    at: &Decided<'_>,
+    channels: &[&str],
+) -> Result<u64, StoreError> {
+    if drafts.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<String> = drafts
+        .iter()
+        .map(|(d, _)| dedup_key(d, at.block_hash))
+        .collect();
+    let rules: Vec<&str> = drafts.iter().map(|(d, _)| d.rule).collect();
+    let severities: Vec<&str> = drafts.iter().map(|(d, _)| d.severity.as_str()).collect();
+    let accounts: Vec<&str> = drafts.iter().map(|(d, _)| d.account_id.as_str()).collect();
+    let public_keys: Vec<Option<&str>> = drafts
+        .iter()
+        .map(|(d, _)| d.public_key.as_deref())
+        .collect();
+    let titles: Vec<&str> = drafts.iter().map(|(d, _)| d.title.as_str()).collect();
+    let details: Vec<&serde_json::Value> = drafts.iter().map(|(d, _)| &d.details).collect();
+    let statuses: Vec<&str> = drafts
+        .iter()
+        .map(|(_, send)| if *send { "pending" } else { "suppressed" })
+        .collect();
+    let (created, pending): (i64, i64) = sqlx::query_as(
+        "with drafts as (
+             select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::jsonb[], $8::text[])
+                  as d(dedup_key, rule, severity, account_id, public_key, title, details, status)),
+         created as (
+             insert into alerts (dedup_key, rule, severity, account_id, public_key, block_height,
+                                 block_hash, block_time, title, details)
+             select dedup_key, rule, severity, account_id, public_key, $9, $10, $11, title, details
+             from drafts
+             on conflict on constraint alerts_dedup_key do nothing
+             returning id, dedup_key),
+         queued as (
+             insert into alert_deliveries (alert_id, channel, status, attempts)
+             select c.id, ch.channel, d.status, 0
+             from created c join drafts d using (dedup_key), unnest($12::text[]) as ch(channel)
+             on conflict on constraint alert_deliveries_alert_channel do nothing
+             returning status)
+         select (select count(*) from created), (select count(*) from queued where status = 'pending')",
+    )
+    .bind(keys)
+    .bind(rules)
+    .bind(severities)
+    .bind(accounts)
+    .bind(public_keys)
+    .bind(titles)
+    .bind(details)
+    .bind(statuses)
+    .bind(height_to_i64("block height", at.block_height)?)
+    .bind(at.block_hash)
+    .bind(at.block_time)
+    .bind(channels)
+    .fetch_one(&mut *tx)
+    .await?;
+    if pending > 0 {
+        // Wakes the dispatcher (whichever process leads) when this commits.
+        sqlx::query("select pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(created as u64)
+}
+
 /// When keywatch went blind, if the last `ingest_stalled` (of the last day)
 /// has no `ingest_recovered` after it: a leader that takes over mid-episode
 /// closes it when it makes progress.

@@ -1305,3 +1305,97 @@ async fn a_webhook_redirect_is_not_followed_and_fails_the_delivery(pool: PgPool)
         "{error}"
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_rule_in_its_cooldown_is_quiet_for_that_account_and_key_only(pool: PgPool) {
+    use keywatch::config::Severity;
+    use keywatch::domain::{BlockHeader, CryptoHash};
+    use keywatch::ingest::alerts::queue;
+    use keywatch::rules::AlertDraft;
+    let s = Settings::from_toml(
+        "[rpc]\nurls = [\"http://127.0.0.1:1/\"]\nchain_id = \"localnet\"\n",
+        std::path::Path::new("t.toml"),
+        &Default::default(),
+    )
+    .unwrap();
+    let ctx = AlertContext::from_settings(&s);
+    ctx.suppress_old
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let draft = |account: &str, key: &str| AlertDraft {
+        rule: "allowance_drain",
+        severity: Severity::Warning,
+        account_id: account.into(),
+        public_key: Some(key.into()),
+        title: format!("drain on {account}"),
+        details: serde_json::json!({}),
+    };
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap() as u64;
+    let header = |height: u64, secs_later: u64| BlockHeader {
+        height,
+        hash: CryptoHash::from_bytes([height as u8; 32]),
+        prev_hash: CryptoHash::from_bytes([height as u8 - 1; 32]),
+        timestamp_ns: now_ns + secs_later * 1_000_000_000,
+    };
+    let cooldown = Duration::from_secs(15 * 60);
+    let mut tx = pool.begin().await.unwrap();
+    let first = queue(
+        &mut tx,
+        &ctx,
+        &header(10, 0),
+        vec![(draft("a.near", "k1"), cooldown)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(first, 1);
+    // five minutes later: the same key is quiet, another key and another
+    // account are not, and a rule without cooldown always speaks
+    let later = queue(
+        &mut tx,
+        &ctx,
+        &header(11, 300),
+        vec![
+            (draft("a.near", "k1"), cooldown),
+            (draft("a.near", "k2"), cooldown),
+            (draft("b.near", "k1"), cooldown),
+            (
+                AlertDraft {
+                    rule: "new_full_access_key",
+                    ..draft("a.near", "k1")
+                },
+                Duration::ZERO,
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(later, 3);
+    // past the cooldown, the first key speaks again
+    let after = queue(
+        &mut tx,
+        &ctx,
+        &header(12, 16 * 60),
+        vec![(draft("a.near", "k1"), cooldown)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(after, 1);
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "select block_height, account_id, public_key from alerts where rule = 'allowance_drain' order by id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let drains: Vec<(i64, &str, &str)> = rows
+        .iter()
+        .map(|(h, a, k)| (*h, a.as_str(), k.as_str()))
+        .collect();
+    assert_eq!(
+        drains,
+        [
+            (10, "a.near", "k1"),
+            (11, "a.near", "k2"),
+            (11, "b.near", "k1"),
+            (12, "a.near", "k1")
+        ]
+    );
+}
