@@ -218,19 +218,23 @@ pub async fn insert_many(
     let (created, pending): (i64, i64) = sqlx::query_as(
         "with drafts as (
              select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::jsonb[], $8::text[])
-                  as d(dedup_key, rule, severity, account_id, public_key, title, details, status)),
+                                  $6::text[], $7::jsonb[], $8::text[]) with ordinality
+                  as d(dedup_key, rule, severity, account_id, public_key, title, details, status, n)),
          created as (
              insert into alerts (dedup_key, rule, severity, account_id, public_key, block_height,
                                  block_hash, block_time, title, details)
              select dedup_key, rule, severity, account_id, public_key, $9, $10, $11, title, details
-             from drafts
+             from drafts order by n
              on conflict on constraint alerts_dedup_key do nothing
              returning id, dedup_key),
          queued as (
+             -- in the order the drafts came, channel by channel, as the
+             -- dispatcher sends by id
              insert into alert_deliveries (alert_id, channel, status, attempts)
              select c.id, ch.channel, d.status, 0
-             from created c join drafts d using (dedup_key), unnest($12::text[]) as ch(channel)
+             from created c join drafts d using (dedup_key),
+                  unnest($12::text[]) with ordinality as ch(channel, m)
+             order by d.n, ch.m
              on conflict on constraint alert_deliveries_alert_channel do nothing
              returning status)
          select (select count(*) from created), (select count(*) from queued where status = 'pending')",

@@ -1313,7 +1313,9 @@ async fn a_rule_in_its_cooldown_is_quiet_for_that_account_and_key_only(pool: PgP
     use keywatch::ingest::alerts::queue;
     use keywatch::rules::AlertDraft;
     let s = Settings::from_toml(
-        "[rpc]\nurls = [\"http://127.0.0.1:1/\"]\nchain_id = \"localnet\"\n",
+        "[rpc]\nurls = [\"http://127.0.0.1:1/\"]\nchain_id = \"localnet\"\n\
+         [notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\n\
+         from = \"kw@example.com\"\nto = [\"ops@example.com\"]\n",
         std::path::Path::new("t.toml"),
         &Default::default(),
     )
@@ -1347,8 +1349,13 @@ async fn a_rule_in_its_cooldown_is_quiet_for_that_account_and_key_only(pool: PgP
     .await
     .unwrap();
     assert_eq!(first, 1);
-    // five minutes later: the same key is quiet, another key and another
-    // account are not, and a rule without cooldown always speaks
+    // five minutes later: the same key is quiet, another key, another
+    // account and another rule with a cooldown are not (said twice in one
+    // block, once), and a rule without cooldown always speaks
+    let other_rule = || AlertDraft {
+        rule: "balance_drop",
+        ..draft("a.near", "k1")
+    };
     let later = queue(
         &mut tx,
         &ctx,
@@ -1357,6 +1364,8 @@ async fn a_rule_in_its_cooldown_is_quiet_for_that_account_and_key_only(pool: PgP
             (draft("a.near", "k1"), cooldown),
             (draft("a.near", "k2"), cooldown),
             (draft("b.near", "k1"), cooldown),
+            (other_rule(), cooldown),
+            (other_rule(), cooldown),
             (
                 AlertDraft {
                     rule: "new_full_access_key",
@@ -1368,7 +1377,7 @@ async fn a_rule_in_its_cooldown_is_quiet_for_that_account_and_key_only(pool: PgP
     )
     .await
     .unwrap();
-    assert_eq!(later, 3);
+    assert_eq!(later, 4);
     // past the cooldown, the first key speaks again
     let after = queue(
         &mut tx,
@@ -1379,6 +1388,20 @@ async fn a_rule_in_its_cooldown_is_quiet_for_that_account_and_key_only(pool: PgP
     .await
     .unwrap();
     assert_eq!(after, 1);
+    let deliveries: Vec<(String, String)> = sqlx::query_as(
+        "select d.channel, d.status from alert_deliveries d join alerts a on a.id = d.alert_id
+         order by d.id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(deliveries.len(), 6, "one email delivery per alert");
+    assert!(
+        deliveries
+            .iter()
+            .all(|(c, s)| c == "email" && s == "pending"),
+        "recent alerts are sent: {deliveries:?}"
+    );
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
         "select block_height, account_id, public_key from alerts where rule = 'allowance_drain' order by id",
     )
