@@ -588,6 +588,90 @@ mod tests {
     }
 
     #[test]
+    fn an_account_deleted_in_the_block_marks_its_key_deletions_and_odd_changes_keep_their_place() {
+        let a = account("alice.near");
+        let watched = BTreeSet::from([a.clone()]);
+        let mut current = empty_current(&a);
+        current.keys.get_mut(&a).unwrap().insert(key(1), full(3));
+        let nonce = StateChange {
+            cause: cause(),
+            value: ChangeValue::GasKeyNonceUpdate {
+                account_id: a.clone(),
+                public_key: key(2),
+                index: 4,
+                nonce: 99,
+            },
+        };
+        let odd = StateChange {
+            cause: cause(),
+            value: ChangeValue::Unknown {
+                type_name: "future_change".into(),
+                account_id: Some(a.clone()),
+                raw: serde_json::json!({"type": "future_change"}),
+            },
+        };
+        let gone = StateChange {
+            cause: cause(),
+            value: ChangeValue::AccountDeletion {
+                account_id: a.clone(),
+            },
+        };
+        let data = block(7, vec![nonce, odd, del(&a, &key(1))], vec![gone]);
+        let plan = plan_block(&data, &watched, &mut current);
+        let slot = &plan.key_rows[0];
+        assert_eq!(
+            (slot.index_in_block, slot.action, slot.nonce_slot),
+            (0, "nonce_slot", Some((4, 99)))
+        );
+        let deletion = &plan.key_rows[1];
+        assert_eq!(
+            (
+                deletion.index_in_block,
+                deletion.action,
+                deletion.by_account_deletion
+            ),
+            (2, "deleted", true)
+        );
+        assert_eq!(plan.key_rows.len(), 2);
+        assert_eq!(plan.unknown.len(), 1);
+        assert_eq!(
+            (plan.unknown[0].index_in_block, plan.unknown[0].change_type),
+            (1, "future_change")
+        );
+        assert_eq!(plan.facts[0].unknown, ["future_change"]);
+        assert!(plan.facts[0].account_deleted);
+        assert!(plan.facts[0].nonce_slot_keys.contains(&key(2)));
+        assert_eq!(plan.accounts_set, vec![(&a, None)], "deleted: no state");
+        assert_eq!(current.accounts[&a], None);
+        assert!(current.keys[&a].is_empty());
+    }
+
+    #[test]
+    fn a_key_deleted_in_one_block_and_added_in_the_next_is_new_at_the_second() {
+        let a = account("alice.near");
+        let watched = BTreeSet::from([a.clone()]);
+        let mut current = empty_current(&a);
+        current.keys.get_mut(&a).unwrap().insert(key(1), full(3));
+        let blocks = [
+            block(20, vec![del(&a, &key(1))], vec![]),
+            block(21, vec![set(&a, &key(1), full(1))], vec![]),
+        ];
+        let mut writes = Writes::default();
+        for b in &blocks {
+            writes.add(plan_block(b, &watched, &mut current));
+        }
+        let actions: Vec<&str> = writes.key_rows.iter().map(|r| r.action).collect();
+        assert_eq!(actions, ["deleted", "added"]);
+        assert!(
+            writes.keys_cleared.contains(&(&a, &key(1))),
+            "the old row goes first"
+        );
+        let states = writes.key_states();
+        assert_eq!(states.len(), 1);
+        assert_eq!((states[0].added_at, states[0].height), (21, 21));
+    }
+
+    #[test]
     fn missing_names_each_account_not_fully_held_once() {
         let a = account("alice.near");
         let b = account("bob.near");
