@@ -84,13 +84,13 @@ impl Memory {
         conn: &mut sqlx::PgConnection,
     ) -> Result<Arc<BTreeSet<AccountId>>, IngestError> {
         let version = store::watch::version(conn).await?;
-        if let Some((held, set)) = &self.watched
+        if let (Some((held, set)), Some(version)) = (&self.watched, version)
             && *held == version
         {
             return Ok(set.clone());
         }
         let set = Arc::new(store::watch::tracked(conn).await?);
-        self.watched = Some((version, set.clone()));
+        self.watched = version.map(|v| (v, set.clone()));
         Ok(set)
     }
 }
@@ -177,11 +177,12 @@ pub async fn apply_blocks(
         .iter()
         .flat_map(|d| accounts_written(d, watched))
         .collect();
-    let mut current = Current::default();
-    let missing = current.missing(needed);
-    current.keys = store::keys::load_states(&mut tx, &missing).await?;
-    current.accounts = store::history::load_accounts(&mut tx, &missing).await?;
-    for a in &missing {
+    let needed: Vec<AccountId> = needed.into_iter().cloned().collect();
+    let mut current = Current {
+        keys: store::keys::load_states(&mut tx, &needed).await?,
+        accounts: store::history::load_accounts(&mut tx, &needed).await?,
+    };
+    for a in &needed {
         current.accounts.entry(a.clone()).or_insert(None);
     }
     memory.recent.anchor(&cursor.hash);

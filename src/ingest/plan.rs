@@ -25,19 +25,6 @@ pub struct Current {
     pub accounts: HashMap<AccountId, Option<AccountState>>,
 }
 
-impl Current {
-    /// Accounts of `accounts` whose keys or state are not held yet.
-    pub fn missing<'a>(&self, accounts: impl IntoIterator<Item = &'a AccountId>) -> Vec<AccountId> {
-        accounts
-            .into_iter()
-            .filter(|a| !self.keys.contains_key(*a) || !self.accounts.contains_key(*a))
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
-    }
-}
-
 /// One block's rows and rule facts.
 pub struct BlockPlan<'a> {
     pub data: &'a BlockData,
@@ -669,14 +656,5 @@ mod tests {
         let states = writes.key_states();
         assert_eq!(states.len(), 1);
         assert_eq!((states[0].added_at, states[0].height), (21, 21));
-    }
-
-    #[test]
-    fn missing_names_each_account_not_fully_held_once() {
-        let a = account("alice.near");
-        let b = account("bob.near");
-        let mut current = empty_current(&a);
-        current.keys.insert(b.clone(), BTreeMap::new());
-        assert_eq!(current.missing([&a, &b, &b]), vec![b.clone()]);
     }
 }

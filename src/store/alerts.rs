@@ -127,29 +127,9 @@ pub async fn next_due(
     .await?)
 }
 
-/// Whether the rule already fired for (account, key) at a block time after
-/// `since` (chain time), so it stays quiet within its cooldown.
-pub async fn fired_since(
-    tx: &mut PgConnection,
-    rule: &str,
-    account: &str,
-    key: Option<&str>,
-    since: chrono::DateTime<chrono::Utc>,
-) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
-        "select exists(select 1 from alerts where rule = $1 and account_id = $2
-                and coalesce(public_key, '') = coalesce($3, '') and block_time > $4)",
-    )
-    .bind(rule)
-    .bind(account)
-    .bind(key)
-    .bind(since)
-    .fetch_one(tx)
-    .await?)
-}
-
-/// [`fired_since`] for several (rule, account, key, since) questions in
-/// one statement; one answer per question, in order.
+/// Whether each rule already fired for its (account, key) at a block time
+/// after its `since` (chain time), so it stays quiet within its cooldown:
+/// several questions in one statement, one answer each, in order.
 pub async fn fired_since_many(
     tx: &mut PgConnection,
     asked: &[(&str, &str, Option<&str>, chrono::DateTime<chrono::Utc>)],

@@ -289,11 +289,12 @@ pub async fn tracked(
     Ok(ids(conn, true).await?.into_iter().collect())
 }
 
-/// The watch list's version: it moves with every change to the list.
-pub async fn version(conn: &mut PgConnection) -> Result<i64, StoreError> {
+/// The watch list's version: it moves with every change to the tracked
+/// set. `None` if its row was removed by hand: then nothing may be cached.
+pub async fn version(conn: &mut PgConnection) -> Result<Option<i64>, StoreError> {
     Ok(
         sqlx::query_scalar("select version from watch_list_version where id = 1")
-            .fetch_one(conn)
+            .fetch_optional(conn)
             .await?,
     )
 }
