@@ -59,7 +59,7 @@ pub struct BlockCount {
 /// Each part is checked against the database inside every transaction
 /// before it is used (the watch list's version, the cursor's hash), so an
 /// edit by another process, a restart or a failed commit cannot make it lie.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memory {
     /// What the last committed blocks wrote, for the window rules.
     pub recent: Recent,
@@ -73,6 +73,42 @@ impl Memory {
             recent: Recent::new(max_settle),
             watched: None,
         }
+    }
+
+    /// Everything it holds, read from one REPEATABLE READ snapshot: the
+    /// watch list with its version, and the writes of the last stored
+    /// blocks up to the cursor. The follower starts from this, so after any
+    /// error (a commit whose outcome is unknown included) nothing from
+    /// before the error survives.
+    pub async fn rebuild(pool: &PgPool, max_settle: u32) -> Result<Memory, IngestError> {
+        let mut tx = store::snapshot(pool).await?;
+        let mut memory = Memory::new(max_settle);
+        if let Some(version) = store::watch::version(&mut tx).await? {
+            let set = store::watch::tracked(&mut tx).await?;
+            memory.watched = Some((version, Arc::new(set)));
+        }
+        if let Some(cursor) = store::cursor(&mut *tx).await? {
+            let cursor = store::convert::height_to_i64("cursor height", cursor.height)?;
+            let keep = memory.recent.capacity() as i64;
+            let mut blocks = store::window::blocks_up_to(&mut tx, cursor, keep).await?;
+            blocks.reverse();
+            for (height, hash) in blocks {
+                let mut keys = store::window::keys_written_at(&mut tx, height).await?;
+                keys.sort_by(|a, b| {
+                    (&a.account_id, &a.public_key).cmp(&(&b.account_id, &b.public_key))
+                });
+                let mut accounts = store::window::accounts_written_at(&mut tx, height).await?;
+                accounts.sort();
+                memory.recent.push(Written {
+                    height: store::convert::i64_to_height("block height", height)?,
+                    hash,
+                    keys,
+                    accounts,
+                });
+            }
+        }
+        tx.rollback().await?;
+        Ok(memory)
     }
 
     /// The tracked accounts, read again only when the watch list's version

@@ -177,7 +177,7 @@ pub async fn follow_into(
     };
     let mut pacer = Pacer::new(opts.poll_interval);
     let max_settle = alerts.and_then(|c| c.settles().last().copied());
-    let mut memory = Memory::new(max_settle.unwrap_or(0));
+    let mut memory = Memory::rebuild(pool, max_settle.unwrap_or(0)).await?;
     loop {
         if *stop.borrow() {
             break;

@@ -60,7 +60,7 @@ impl Written {
 }
 
 /// The last committed blocks' writes, oldest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recent {
     blocks: VecDeque<Written>,
     /// How many blocks to keep: the largest `settle_blocks` plus one.
@@ -75,6 +75,11 @@ impl Recent {
         }
     }
 
+    /// How many blocks it keeps.
+    pub fn capacity(&self) -> usize {
+        self.keep.max(1)
+    }
+
     /// Empties it unless its last block is the cursor.
     pub fn anchor(&mut self, cursor_hash: &str) {
         if self.blocks.back().is_none_or(|b| b.hash != cursor_hash) {
@@ -84,7 +89,7 @@ impl Recent {
 
     pub fn push(&mut self, written: Written) {
         self.blocks.push_back(written);
-        while self.blocks.len() > self.keep.max(1) {
+        while self.blocks.len() > self.capacity() {
             self.blocks.pop_front();
         }
     }

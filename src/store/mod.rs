@@ -36,6 +36,7 @@ pub enum StoreError {
 /// million rows, so a statement added here without an index fails it.
 pub const HISTORY_READS: &[(&str, &str)] = &[
     ("window::SETTLED_BLOCK", window::SETTLED_BLOCK),
+    ("window::BLOCKS_UP_TO", window::BLOCKS_UP_TO),
     ("window::KEYS_WRITTEN_AT", window::KEYS_WRITTEN_AT),
     ("window::ACCOUNTS_WRITTEN_AT", window::ACCOUNTS_WRITTEN_AT),
     ("window::KEYS_IN_WINDOW", window::KEYS_IN_WINDOW),
@@ -211,6 +212,19 @@ pub async fn cursor(exec: impl sqlx::PgExecutor<'_>) -> Result<Option<Cursor>, S
         })
     })
     .transpose()
+}
+
+/// A read-only transaction that sees one snapshot for all its statements
+/// (REPEATABLE READ), for rebuilding in-memory state that must agree with
+/// itself.
+pub async fn snapshot(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// Key of the transaction-scoped advisory lock that serializes everything

@@ -14,6 +14,11 @@ use crate::store::StoreError;
 pub const SETTLED_BLOCK: &str = "select block_height from blocks where block_height <= $1
      order by block_height desc offset $2 limit 1";
 
+/// The last `$2` stored blocks at or below height `$1`, newest first.
+pub const BLOCKS_UP_TO: &str =
+    "select block_height, block_hash from blocks where block_height <= $1
+     order by block_height desc limit $2";
+
 /// Function-call and gas keys a block's chain writes touched.
 pub const KEYS_WRITTEN_AT: &str = "select distinct account_id, public_key from key_events
      where block_height = $1 and source = 'chain'
@@ -95,6 +100,18 @@ pub async fn settled_block(
         .bind(height)
         .bind(i64::from(settle))
         .fetch_optional(conn)
+        .await?)
+}
+
+pub async fn blocks_up_to(
+    conn: &mut PgConnection,
+    height: i64,
+    count: i64,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    Ok(sqlx::query_as(BLOCKS_UP_TO)
+        .bind(height)
+        .bind(count)
+        .fetch_all(conn)
         .await?)
 }
 

@@ -106,7 +106,7 @@ fn args(name: &str) -> Vec<String> {
     let starts3 = format!("array[{mid_ts}, {mid_ts}, {mid_ts}]::bigint[]");
     let starts2 = format!("array[{mid_ts}, {mid_ts}]::bigint[]");
     let args: &[&str] = match name {
-        "window::SETTLED_BLOCK" => &["120000", "3"],
+        "window::SETTLED_BLOCK" | "window::BLOCKS_UP_TO" => &["120000", "3"],
         "window::KEYS_WRITTEN_AT" | "window::ACCOUNTS_WRITTEN_AT" | "replay::ACCOUNTS_IN_BLOCK" => {
             &["120000"]
         }

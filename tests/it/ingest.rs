@@ -923,17 +923,33 @@ async fn runs_of_blocks_in_one_transaction_record_exactly_the_chain_history(pool
                 .unwrap(),
         );
     }
-    // Runs of 25 blocks: a key's writes, deletions and re-additions, and an
-    // account's updates, fall in one run as well as across two.
-    let mut memory = Memory::default();
+    // The first 40 blocks one at a time, then runs of 25: a key's writes,
+    // deletions and re-additions, and an account's updates, fall in one run
+    // as well as across two. After every commit, what the follower keeps in
+    // memory equals a rebuild from the database.
+    let mut memory = Memory::rebuild(&pool, 3).await.unwrap();
     let mut applied = 0;
-    for run in blocks.chunks(25) {
+    let (singles, rest) = blocks.split_at(40);
+    for run in singles.chunks(1).chain(rest.chunks(25)) {
         let out = apply_blocks(&pool, run, None, None, &mut memory)
             .await
             .unwrap();
         assert_eq!((out.skipped, out.refetch), (0, None));
         assert_eq!(out.committed.len(), run.len(), "the whole run commits");
         applied += out.committed.len();
+        assert_eq!(
+            memory,
+            Memory::rebuild(&pool, 3).await.unwrap(),
+            "after block {}",
+            run.last().unwrap().header.height
+        );
+        if applied == 20 {
+            // a run that does not follow the cursor fails and changes nothing
+            let held = memory.clone();
+            let err = apply_blocks(&pool, &blocks[21..23], None, None, &mut memory).await;
+            assert!(matches!(err, Err(IngestError::Moved(_))), "{err:?}");
+            assert_eq!(memory, held);
+        }
     }
     assert_eq!(applied, blocks.len());
     assert_eq!(
