@@ -19,6 +19,8 @@
 //!   requests the simulator saw in any one second;
 //! - with 10, 1,000, 10,000 and 100,000 watched accounts (BENCH_SCALE_BLOCKS,
 //!   500): requests and CPU per block, peak RSS;
+//! - `blocks` rows and bytes before and after retention prunes the blocks
+//!   history does not need (BENCH_PRUNE_BLOCKS, 5,000, with sparse writes);
 //! - at 30 ms of rpc latency, concurrency 1 to 64: blocks/s against the
 //!   lower of the rpc-bound limit and the 0 ms rate.
 
@@ -57,6 +59,10 @@ struct Load {
     /// RPC latency at the simulator, and blocks fetched at once.
     latency_ms: u64,
     concurrency: usize,
+    /// After following, prune the blocks history does not need (as
+    /// retention does with `blocks = "0s"`) and measure `blocks` before
+    /// and after.
+    prune: bool,
 }
 
 impl Load {
@@ -71,6 +77,7 @@ impl Load {
             quiet: 0,
             latency_ms: 0,
             concurrency: FollowOptions::default().concurrency,
+            prune: false,
         }
     }
 }
@@ -142,6 +149,12 @@ struct Run {
     /// before then.
     rss_rise_kb: u64,
     rss_before_kb: u64,
+    /// `blocks` rows and bytes (table and indexes) after following, and
+    /// after pruning (when the load prunes), with the blocks history
+    /// rows sit in.
+    blocks_rows: (i64, i64),
+    blocks_rows_pruned: Option<(i64, i64)>,
+    blocks_with_history: i64,
     /// CPU per block of this process (keywatch, simulator, SMTP server)
     /// and of the Postgres backends.
     cpu_per_block: Duration,
@@ -302,7 +315,44 @@ async fn once(base: &str, load: &Load, smtp_port: u16, accepted: &common::Accept
         .fetch_one(&pool)
         .await
         .unwrap();
+    let blocks_table = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "select count(*), pg_total_relation_size('blocks') from blocks",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let blocks_rows = blocks_table().await;
+    let blocks_with_history: i64 = sqlx::query_scalar(
+        "select count(*) from (select block_height from key_events union
+                               select block_height from balance_events) h",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let blocks_rows_pruned = if load.prune {
+        let cursor = keywatch::store::cursor(&pool).await.unwrap().unwrap();
+        keywatch::store::prune::prune_blocks(
+            &pool,
+            cursor.timestamp_ns as i64,
+            ctx.keep_blocks_after_writes(),
+            5_000,
+        )
+        .await
+        .unwrap();
+        sqlx::query("vacuum full blocks")
+            .execute(&pool)
+            .await
+            .unwrap();
+        Some(blocks_table().await)
+    } else {
+        None
+    };
     let run = Run {
+        blocks_rows,
+        blocks_rows_pruned,
+        blocks_with_history,
         blocks_per_s: summary.blocks as f64 / secs,
         rows_per_s: (summary.key_rows + summary.balance_rows) as f64 / secs,
         requests_per_block: (sim.requests() - requests_before) as f64 / summary.blocks as f64,
@@ -522,6 +572,23 @@ async fn main() {
             ),
         }
     }
+    // Storage: `blocks` gets a row per block followed; retention keeps
+    // those history sits in and the 128 after each, and prunes the rest.
+    let sparse_blocks = env("BENCH_PRUNE_BLOCKS", 5000);
+    let load = Load {
+        prune: true,
+        ..Load::new(sparse_blocks, 20_000, 10, 1)
+    };
+    let r = once(&base, &load, smtp_port, &accepted).await;
+    let (rows, bytes) = r.blocks_rows;
+    let (kept, kept_bytes) = r.blocks_rows_pruned.unwrap();
+    println!(
+        "  storage, {sparse_blocks} blocks x 1 tx/block over 20,000 accounts, 10 watched ({} blocks hold history): `blocks` {rows} rows, {} kB ({:.0} B/row) before pruning, {kept} rows, {} kB after",
+        r.blocks_with_history,
+        bytes / 1024,
+        bytes as f64 / rows as f64,
+        kept_bytes / 1024
+    );
     // Against a node 30 ms away: how close each concurrency comes to the
     // lower of what the rpc allows (concurrency / (requests per block x
     // latency)) and the 0 ms rate.

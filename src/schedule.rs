@@ -1,6 +1,7 @@
 //! The scheduler (orchestration) behind `[schedule]`: reconcile (keywatch
 //! checks itself against the chain), the daily report mail, and retention
-//! (delivery attempts only; key and balance history are never pruned).
+//! (delivery attempts, and blocks history does not need; key and balance
+//! history are never pruned).
 //! Which job is due next is a pure function of the schedules and `now`.
 
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub fn next_due(
             .collect(),
     ))
 }
+
+/// Heights pruned per transaction.
+const PRUNE_BATCH: i64 = 5_000;
 
 pub struct Scheduler {
     pub pool: PgPool,
@@ -156,6 +160,23 @@ impl Scheduler {
                     .unwrap_or(chrono::Duration::days(30));
                 let n = prune_attempts(&self.pool, now - keep).await?;
                 tracing::info!(pruned = n, "retention: old delivery attempts pruned");
+                if let Some(cursor) = crate::store::cursor(&self.pool).await? {
+                    let keep = self.retention.blocks.as_nanos().min(i64::MAX as u128) as i64;
+                    let before = (cursor.timestamp_ns as i64).saturating_sub(keep);
+                    let keep_after = self.alerts.keep_blocks_after_writes();
+                    let pruned = crate::store::prune::prune_blocks(
+                        &self.pool,
+                        before,
+                        keep_after,
+                        PRUNE_BATCH,
+                    )
+                    .await?;
+                    tracing::info!(
+                        pruned = pruned.deleted,
+                        below = pruned.below,
+                        "retention: blocks without history pruned"
+                    );
+                }
             }
             Job::DailyReport => {
                 let Some(sender) = &self.report else {

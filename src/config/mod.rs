@@ -149,6 +149,9 @@ pub struct ScheduleConfig {
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
     pub delivery_attempts: Duration,
+    /// Blocks without history are pruned once this much older than the
+    /// cursor's block.
+    pub blocks: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -515,6 +518,7 @@ fn read(table: &Table, env: &HashMap<String, String>, p: &mut Problems) -> Setti
     let mut f = root.table(p, "retention");
     let retention = RetentionConfig {
         delivery_attempts: f.get(p, "delivery_attempts", Duration::from_secs(30 * 86400)),
+        blocks: f.get(p, "blocks", Duration::from_secs(7 * 86400)),
     };
     f.finish(p);
 

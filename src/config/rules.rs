@@ -174,13 +174,13 @@ fn defaults(def: &RuleDef) -> RuleSettings {
             s.min_drop = near(1);
             s.min_drop_percent = Some(50);
             s.window = Some(Duration::from_secs(3600));
-            s.settle_blocks = Some(3);
+            s.settle_blocks = Some(10);
         }
         (Extras::Window, _) => {
             s.min_drop = near(100);
             s.min_drop_percent = Some(20);
             s.window = Some(Duration::from_secs(3600));
-            s.settle_blocks = Some(3);
+            s.settle_blocks = Some(10);
         }
         (Extras::Unrestricted, _) => s.unrestricted_severity = Some(Severity::Critical),
         (Extras::Stalled, _) => s.after = Some(Duration::from_secs(5 * 60)),

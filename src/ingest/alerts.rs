@@ -80,6 +80,15 @@ impl AlertContext {
         settles
     }
 
+    /// How many heights after a block with history pruning keeps: twice
+    /// the longest settle delay (heights a block may skip count against
+    /// it), and never fewer than 128, so a settle delay raised later (up
+    /// to 64) still finds them.
+    pub fn keep_blocks_after_writes(&self) -> i64 {
+        let longest = self.settles().last().copied().unwrap_or(0);
+        i64::from(longest).saturating_mul(2).max(128)
+    }
+
     pub fn rules_for(&self, account: &AccountId) -> &RuleSet {
         self.per_account.get(account).unwrap_or(&self.rules)
     }
@@ -251,18 +260,27 @@ pub async fn window_rules(
     let mut drafts = Vec::new();
     for settle in settles {
         // function-call and gas keys, and balances, the settled block wrote
-        let (keys, accounts) = match recent.and_then(|r| r.settled(header.height, settle)) {
-            Some(w) => (w.keys.clone(), w.accounts.clone()),
-            None => {
-                let Some(settled) = window::settled_block(tx, h, settle).await? else {
-                    continue;
-                };
-                (
-                    window::keys_written_at(tx, settled).await?,
-                    window::accounts_written_at(tx, settled).await?,
-                )
-            }
-        };
+        let (settled, settled_hash, keys, accounts) =
+            match recent.and_then(|r| r.settled(header.height, settle)) {
+                Some(w) => (
+                    height_to_i64("height", w.height)?,
+                    w.hash.clone(),
+                    w.keys.clone(),
+                    w.accounts.clone(),
+                ),
+                None => {
+                    let Some((settled, hash)) = window::settled_block(tx, h, settle).await? else {
+                        continue;
+                    };
+                    (
+                        settled,
+                        hash,
+                        window::keys_written_at(tx, settled).await?,
+                        window::accounts_written_at(tx, settled).await?,
+                    )
+                }
+            };
+        let mut judged = Vec::new();
         // the keys and accounts whose rule settles at this depth
         let rule = |account: &str, name: &str| {
             let id = AccountId::parse(account).ok()?;
@@ -284,10 +302,10 @@ pub async fn window_rules(
                 window_start_ns: window_start(r, now_ns),
             })
             .collect();
-        let found = window::keys_in_window(tx, &asked, h).await?;
+        let found = window::keys_in_window(tx, &asked, h, settled).await?;
         for ((account, k, r), w) in judged_keys.iter().zip(found) {
             if let Some(d) = drain(r, account, &k.public_key, w)? {
-                drafts.push((d, r.cooldown));
+                judged.push((d, r.cooldown));
             }
         }
         let judged_accounts: Vec<_> = accounts
@@ -298,18 +316,35 @@ pub async fn window_rules(
             .iter()
             .map(|(id, r)| (id.as_str(), window_start(r, now_ns)))
             .collect();
-        let found = window::balances_in_window(tx, &asked, h).await?;
+        let found = window::balances_in_window(tx, &asked, h, settled).await?;
         for ((account, r), w) in judged_accounts.iter().zip(found) {
             if let Some(d) = balance_drop(r, account, w)? {
-                drafts.push((d, r.cooldown));
+                judged.push((d, r.cooldown));
             }
         }
+        for (d, _) in &mut judged {
+            // the block whose write is judged, and the one that decided
+            d.details["change_block_height"] = serde_json::json!(settled);
+            d.details["change_block_hash"] = serde_json::json!(settled_hash);
+        }
+        drafts.append(&mut judged);
     }
     for (d, _) in &mut drafts {
         d.details["block_height"] = serde_json::json!(header.height);
         d.details["block_hash"] = serde_json::json!(header.hash.as_str());
     }
     queue(tx, ctx, header, drafts).await
+}
+
+/// A value at the end of the settled block plus the increases after it.
+fn settled_value(at: Yocto, increases: &BigDecimal) -> Result<Yocto, IngestError> {
+    let up = numeric_to_yocto("increase", increases)?;
+    at.0.checked_add(up.0).map(Yocto).ok_or_else(|| {
+        IngestError::Invalid(format!(
+            "a settled value overflows u128: {} + {}",
+            at.0, up.0
+        ))
+    })
 }
 
 fn window_start(r: &RuleSettings, now_ns: i64) -> i64 {
@@ -320,9 +355,9 @@ fn window_start(r: &RuleSettings, now_ns: i64) -> i64 {
     )
 }
 
-/// `allowance_drain` for one key, from what the window look-up found: the
-/// key at the end of the judged block (the same row as the current state
-/// while ingesting; the past one when replaying) against its value at the
+/// `allowance_drain` for one key, from what the window look-up found: its
+/// settled value (at the end of the block whose write settled, plus every
+/// refund that landed up to the judged block) against its value at the
 /// window's start, which begins no earlier than its last addition.
 fn drain(
     r: &RuleSettings,
@@ -334,11 +369,14 @@ fn drain(
         None | Some("deleted") => return Ok(None),
         Some(_) => {}
     }
-    let (now, is_gas) = match (yocto(&w.allowance)?, yocto(&w.gas_key_balance)?) {
-        (_, Some(g)) => (g, true),
-        (Some(a), None) => (a, false),
+    // the settled value: at the end of the settled block, plus the refunds
+    // that landed since
+    let (at, refunded, is_gas) = match (yocto(&w.allowance)?, yocto(&w.gas_key_balance)?) {
+        (_, Some(g)) => (g, &w.refunded_gas_key_balance, true),
+        (Some(a), None) => (a, &w.refunded_allowance, false),
         (None, None) => return Ok(None), // unlimited: nothing to drain
     };
+    let now = settled_value(at, refunded)?;
     let before = if is_gas {
         yocto(&w.before_gas_key_balance)?
     } else {
@@ -386,6 +424,7 @@ fn balance_drop(
         amount: Some(amount),
         locked: Some(locked),
         deleted: Some(false),
+        refunded_amount,
         before_amount: Some(b_amount),
         before_locked: Some(b_locked),
         ..
@@ -394,7 +433,7 @@ fn balance_drop(
         return Ok(None);
     };
     let (now_amount, now_locked) = (
-        numeric_to_yocto("amount", &amount)?,
+        settled_value(numeric_to_yocto("amount", &amount)?, &refunded_amount)?,
         numeric_to_yocto("locked", &locked)?,
     );
     let (b_amount, b_locked) = (

@@ -10,6 +10,7 @@ pub mod history;
 pub mod keys;
 pub mod lease;
 pub mod overview;
+pub mod prune;
 pub mod replay;
 pub mod requests;
 pub mod watch;

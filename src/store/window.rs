@@ -9,9 +9,10 @@ use sqlx::PgConnection;
 
 use crate::store::StoreError;
 
-/// The height `$2` stored blocks below `$1` (blocks skipped by a gap do not
-/// count).
-pub const SETTLED_BLOCK: &str = "select block_height from blocks where block_height <= $1
+/// The block `$2` stored blocks below height `$1` (blocks skipped by a gap
+/// do not count).
+pub const SETTLED_BLOCK: &str =
+    "select block_height, block_hash from blocks where block_height <= $1
      order by block_height desc offset $2 limit 1";
 
 /// The last `$2` stored blocks at or below height `$1`, newest first.
@@ -29,25 +30,40 @@ pub const ACCOUNTS_WRITTEN_AT: &str = "select distinct account_id from balance_e
      where block_height = $1 and source = 'chain' and not deleted";
 
 /// For each key (`$1` accounts, `$2` keys, `$3` window starts in ns, one
-/// per key; `n` is its position, from 1): its last write at or before the
-/// judged height `$4` (`action` null if none), and its value at the start
-/// of its window, which begins no earlier than its last addition: the value
-/// at the last block at or before that time or, when keywatch knows nothing
-/// of the key that early, the earliest value it knows. Every look-up is one
-/// probe of an index, whatever the key's history.
+/// per key; `n` is its position, from 1), judged at height `$4` for its
+/// write settled at height `$5`: its last write at or before `$5` (`action`
+/// null if none); every increase of its allowance or gas-key balance that
+/// landed in (`$5`, `$4`], write by write (a refund; a decrease there is
+/// judged at its own deciding block, and a re-addition after a deletion is
+/// no increase); and its value at the start of its window, which begins no
+/// earlier than its last addition at or before `$5`: the value at the last
+/// block at or before that time or, when keywatch knows nothing of the key
+/// that early, the earliest value it knows. Every look-up is one probe of
+/// an index, or a range of it no longer than the settle delay.
 pub const KEYS_IN_WINDOW: &str = "select r.n, at.action, at.allowance, at.gas_key_balance,
+            up.allowance as refunded_allowance, up.gas_key_balance as refunded_gas_key_balance,
             before.allowance as before_allowance, before.gas_key_balance as before_gas_key_balance
      from unnest($1::text[], $2::text[], $3::bigint[]) with ordinality as r(account_id, public_key, window_start, n)
      left join lateral (
          select action, allowance, gas_key_balance from key_events
-         where account_id = r.account_id and public_key = r.public_key and block_height <= $4
+         where account_id = r.account_id and public_key = r.public_key and block_height <= $5
            and action <> 'nonce_slot'
          order by block_height desc, source_rank desc, index_in_block desc limit 1) at on true
+     left join lateral (
+         select coalesce(sum(greatest(x.allowance - x.prev_allowance, 0)), 0) as allowance,
+                coalesce(sum(greatest(x.gas_key_balance - x.prev_gas_key_balance, 0)), 0) as gas_key_balance
+         from (select allowance, gas_key_balance,
+                      lag(allowance, 1, at.allowance) over w as prev_allowance,
+                      lag(gas_key_balance, 1, at.gas_key_balance) over w as prev_gas_key_balance
+               from key_events
+               where account_id = r.account_id and public_key = r.public_key
+                 and block_height > $5 and block_height <= $4 and action <> 'nonce_slot'
+               window w as (order by block_height, source_rank, index_in_block)) x) up on true
      left join lateral (
          select b.block_timestamp_ns as added_ns from key_events e
          join blocks b on b.block_hash = e.block_hash
          where e.account_id = r.account_id and e.public_key = r.public_key and e.action = 'added'
-           and e.block_height <= $4
+           and e.block_height <= $5
          order by e.block_height desc limit 1) added on true
      left join lateral (
          select coalesce((select block_height from blocks
@@ -67,16 +83,25 @@ pub const KEYS_IN_WINDOW: &str = "select r.n, at.action, at.allowance, at.gas_ke
      order by r.n";
 
 /// For each account (`$1` accounts, `$2` window starts in ns; `n` its
-/// position, from 1): its last balance write at or before the judged height
-/// `$3` (`deleted` null if none), and its balance at the last block at or
-/// before its window's start, or the earliest one keywatch knows.
+/// position, from 1), judged at height `$3` for its write settled at height
+/// `$4`: its last balance write at or before `$4` (`deleted` null if none),
+/// every increase of its amount that landed in (`$4`, `$3`], write by
+/// write, and its balance at the last block at or before its window's
+/// start, or the earliest one keywatch knows.
 pub const BALANCES_IN_WINDOW: &str = "select r.n, at.amount, at.locked, at.deleted,
+            up.amount as refunded_amount,
             before.amount as before_amount, before.locked as before_locked
      from unnest($1::text[], $2::bigint[]) with ordinality as r(account_id, window_start, n)
      left join lateral (
          select amount, locked, deleted from balance_events
-         where account_id = r.account_id and block_height <= $3
+         where account_id = r.account_id and block_height <= $4
          order by block_height desc, source_rank desc, index_in_block desc limit 1) at on true
+     left join lateral (
+         select coalesce(sum(greatest(x.amount - x.prev_amount, 0)), 0) as amount
+         from (select amount, lag(amount, 1, at.amount) over w as prev_amount
+               from balance_events
+               where account_id = r.account_id and block_height > $4 and block_height <= $3
+               window w as (order by block_height, source_rank, index_in_block)) x) up on true
      left join lateral (
          select coalesce((select block_height from blocks where block_timestamp_ns <= r.window_start
                           order by block_timestamp_ns desc limit 1), -1) as height) start on true
@@ -91,12 +116,13 @@ pub const BALANCES_IN_WINDOW: &str = "select r.n, at.amount, at.locked, at.delet
          order by later limit 1) before on true
      order by r.n";
 
+/// The settled block's (height, hash).
 pub async fn settled_block(
     conn: &mut PgConnection,
     height: i64,
     settle: u32,
-) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(SETTLED_BLOCK)
+) -> Result<Option<(i64, String)>, StoreError> {
+    Ok(sqlx::query_as(SETTLED_BLOCK)
         .bind(height)
         .bind(i64::from(settle))
         .fetch_optional(conn)
@@ -150,6 +176,9 @@ pub struct KeyWindow {
     pub action: Option<String>,
     pub allowance: Option<BigDecimal>,
     pub gas_key_balance: Option<BigDecimal>,
+    /// Increases (refunds) after the settled write, up to the judged height.
+    pub refunded_allowance: BigDecimal,
+    pub refunded_gas_key_balance: BigDecimal,
     pub before_allowance: Option<BigDecimal>,
     pub before_gas_key_balance: Option<BigDecimal>,
 }
@@ -161,11 +190,13 @@ pub struct WindowKey<'a> {
     pub window_start_ns: i64,
 }
 
-/// [`KEYS_IN_WINDOW`] for `keys` at `height`: one answer per key, in order.
+/// [`KEYS_IN_WINDOW`] for `keys`, judged at `judged` for their writes
+/// settled at `settled`: one answer per key, in order.
 pub async fn keys_in_window(
     conn: &mut PgConnection,
     keys: &[WindowKey<'_>],
-    height: i64,
+    judged: i64,
+    settled: i64,
 ) -> Result<Vec<KeyWindow>, StoreError> {
     if keys.is_empty() {
         return Ok(vec![]);
@@ -177,7 +208,8 @@ pub async fn keys_in_window(
         .bind(accounts)
         .bind(public_keys)
         .bind(starts)
-        .bind(height)
+        .bind(judged)
+        .bind(settled)
         .fetch_all(conn)
         .await?;
     one_answer_each(rows, keys.len(), |r| r.n)
@@ -191,16 +223,20 @@ pub struct BalanceWindow {
     pub locked: Option<BigDecimal>,
     /// `None` when the account has no balance write at or before the height.
     pub deleted: Option<bool>,
+    /// Increases after the settled write, up to the judged height.
+    pub refunded_amount: BigDecimal,
     pub before_amount: Option<BigDecimal>,
     pub before_locked: Option<BigDecimal>,
 }
 
-/// [`BALANCES_IN_WINDOW`] for `(account, window start)` pairs at `height`:
-/// one answer per account, in order.
+/// [`BALANCES_IN_WINDOW`] for `(account, window start)` pairs, judged at
+/// `judged` for their writes settled at `settled`: one answer per account,
+/// in order.
 pub async fn balances_in_window(
     conn: &mut PgConnection,
     accounts: &[(&str, i64)],
-    height: i64,
+    judged: i64,
+    settled: i64,
 ) -> Result<Vec<BalanceWindow>, StoreError> {
     if accounts.is_empty() {
         return Ok(vec![]);
@@ -210,7 +246,8 @@ pub async fn balances_in_window(
     let rows: Vec<BalanceWindow> = sqlx::query_as(BALANCES_IN_WINDOW)
         .bind(names)
         .bind(starts)
-        .bind(height)
+        .bind(judged)
+        .bind(settled)
         .fetch_all(conn)
         .await?;
     one_answer_each(rows, accounts.len(), |r| r.n)

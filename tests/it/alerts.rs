@@ -12,6 +12,7 @@ use keywatch::ingest::alerts::AlertContext;
 use keywatch::ingest::baseline::{init_cursor, start_tracking};
 use keywatch::ingest::follower::{FollowOptions, follow};
 use keywatch::sim::{Scenario, SimOptions, Simulator};
+use keywatch::store;
 use keywatch::store::watch::NewWatch;
 use sqlx::PgPool;
 
@@ -20,7 +21,13 @@ use crate::support::{Canned, FakeNode};
 
 const SECRET: &str = "webhook-test-secret";
 
-fn settings(sim: &str, smtp: u16, hook: &str, max_age: &str, accounts: &str) -> Settings {
+pub(crate) fn settings(
+    sim: &str,
+    smtp: u16,
+    hook: &str,
+    max_age: &str,
+    accounts: &str,
+) -> Settings {
     settings_with(sim, smtp, hook, max_age, accounts, "tls = \"none\"", &[])
 }
 
@@ -114,7 +121,7 @@ fn clock() -> (Clock, keywatch::dispatch::Clock) {
 
 /// Watches the config's accounts near genesis, then ingests the whole chain
 /// with the rules on.
-async fn ingest(pool: &PgPool, sim: &Simulator, s: &Settings, start: u64) {
+pub(crate) async fn ingest(pool: &PgPool, sim: &Simulator, s: &Settings, start: u64) {
     sim.advance_to(start + 2);
     let rpc = crate::ingest::client(&sim.url());
     let watches: Vec<NewWatch> = s
@@ -142,6 +149,28 @@ async fn ingest(pool: &PgPool, sim: &Simulator, s: &Settings, start: u64) {
         poll_interval: Duration::from_millis(5),
         ..FollowOptions::default()
     };
+    follow(
+        pool,
+        &rpc,
+        &opts,
+        Some(&AlertContext::from_settings(s)),
+        stop,
+    )
+    .await
+    .unwrap();
+}
+
+/// Lets the chain run `blocks` further (quiet blocks) and follows to the
+/// new head, so the window rules decide the last writes too.
+pub(crate) async fn follow_further(pool: &PgPool, sim: &Simulator, s: &Settings, blocks: u64) {
+    sim.advance_to(sim.with_chain(|c| c.head().header.height) + blocks);
+    let opts = FollowOptions {
+        exit_when_caught_up: true,
+        poll_interval: Duration::from_millis(5),
+        ..FollowOptions::default()
+    };
+    let rpc = crate::ingest::client(&sim.url());
+    let (_tx, stop) = tokio::sync::watch::channel(false);
     follow(
         pool,
         &rpc,
@@ -240,7 +269,9 @@ async fn the_attack_story_raises_exactly_the_designed_alerts_by_email_and_webhoo
     assert!(
         subjects
             .iter()
-            .any(|s| s.starts_with("[WARNING] Allowance of a key on relayer.near fell by 0.7")),
+            // judged at the third charge (1012, 56% down once the refunds of
+            // the first three have landed), the fourth still in flight
+            .any(|s| s == "[WARNING] Allowance of a key on relayer.near fell by 0.56 NEAR"),
         "{subjects:#?}"
     );
     let fa = mails
@@ -698,6 +729,88 @@ async fn rules_test_replays_history_into_the_same_alerts_and_keeps_nothing(pool:
         smtp.mails().is_empty() && hook.bodies().is_empty(),
         "nothing sent"
     );
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn pruning_blocks_without_history_keeps_history_and_replays_the_same_alerts(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let sim = Simulator::start(story(), SimOptions::default())
+        .await
+        .unwrap();
+    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
+    ingest(&pool, &sim, &s, 1000).await;
+    // a quiet stretch after the story
+    follow_further(&pool, &sim, &s, 30).await;
+    let ctx = AlertContext::from_settings(&s);
+    let head = sim.with_chain(|c| c.final_block().header.height);
+    let replay = || keywatch::ingest::replay::rules_test(&pool, &ctx, 1000, head);
+    let before = replay().await.unwrap();
+    let db = &pool;
+    let heights = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_all(db)
+            .await
+            .unwrap()
+    };
+    let stored = heights("select block_height from blocks order by 1").await;
+    let with_history = heights(
+        "select block_height from key_events union select block_height from balance_events
+         union select block_height from unknown_changes order by 1",
+    )
+    .await;
+    let history = heights(
+        "select block_height from key_history union all select block_height from balance_history
+         order by 1",
+    )
+    .await;
+    let cursor = store::cursor(&pool).await.unwrap().unwrap();
+
+    // Twice the settle delay (10) after every block with history, as
+    // `keep_blocks_after_writes` does (with a floor too high for this story).
+    let keep_after = 20;
+    let pruned = store::prune::prune_blocks(&pool, cursor.timestamp_ns as i64, keep_after, 7)
+        .await
+        .unwrap();
+    let expected: Vec<i64> = stored
+        .iter()
+        .copied()
+        .filter(|&h| {
+            h == cursor.height as i64
+                || with_history
+                    .iter()
+                    .any(|&w| (h - keep_after..=h).contains(&w))
+        })
+        .collect();
+    assert!(
+        expected.len() < stored.len(),
+        "the story has blocks to prune"
+    );
+    let kept = heights("select block_height from blocks order by 1").await;
+    assert_eq!(kept, expected);
+    assert_eq!(pruned.deleted as usize, stored.len() - kept.len());
+    assert_eq!(
+        pruned.below, cursor.height as i64,
+        "up to the cursor's block"
+    );
+    assert_eq!(
+        heights(
+            "select block_height from key_history union all select block_height from balance_history
+             order by 1"
+        )
+        .await,
+        history,
+        "every history row keeps its block"
+    );
+    assert_eq!(
+        replay().await.unwrap(),
+        before,
+        "rules test decides the same"
+    );
+    let again = store::prune::prune_blocks(&pool, cursor.timestamp_ns as i64, keep_after, 7)
+        .await
+        .unwrap();
+    assert_eq!(again.deleted, 0);
 }
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]

@@ -49,7 +49,7 @@ fn the_shipped_config_is_valid_and_has_sensible_defaults() {
         "every rule of the design table, and ingest_recovered, ingest_stopped, delivery_failing"
     );
     assert_eq!(s.rules["new_full_access_key"].severity, Severity::Critical);
-    assert_eq!(s.rules["allowance_drain"].settle_blocks, Some(3));
+    assert_eq!(s.rules["allowance_drain"].settle_blocks, Some(10));
     assert_eq!(s.notify.max_age, Duration::from_secs(3600));
     assert!(
         s.notify.email.is_none() && s.notify.webhook.is_none(),

@@ -114,9 +114,15 @@ fn args(name: &str) -> Vec<String> {
             "array['acc0.near', 'acc1.near', 'acc2.near']",
             "array['ed25519:busy0', 'ed25519:busy1', 'ed25519:k1']",
             &starts3,
+            "120010",
             "120000",
         ],
-        "window::BALANCES_IN_WINDOW" => &["array['acc0.near', 'acc1.near']", &starts2, "120000"],
+        "window::BALANCES_IN_WINDOW" => &[
+            "array['acc0.near', 'acc1.near']",
+            &starts2,
+            "120010",
+            "120000",
+        ],
         "keys::KEYS_AT" => &["'acc2.near'", "1", "120000"],
         "history::ACCOUNT_AT" => &["'acc0.near'", "1", "120000"],
         "history::HISTORY_KEYS" | "history::HISTORY_BALANCES" => &["'acc500.near'"],
@@ -194,6 +200,33 @@ async fn every_history_read_is_served_by_an_index(pool: PgPool) {
                 ));
             }
         }
+    }
+    // Retention's pruning pass over 1,000 heights, rolled back: one probe
+    // of a height index per table and block.
+    sqlx::raw_sql("begin").execute(&mut *conn).await.unwrap();
+    let explained: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "explain (analyze, buffers, format json) {}",
+        store::prune::PRUNE_BLOCKS
+            .replace("$1", "120000")
+            .replace("$2", "121000")
+            .replace("$3", "128")
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("rollback").execute(&mut *conn).await.unwrap();
+    let plan = &explained[0]["Plan"];
+    let mut scans = Vec::new();
+    seq_scans(plan, &mut scans);
+    scans.retain(|r| ["key_events", "balance_events", "blocks"].contains(&r.as_str()));
+    let buffers = plan["Shared Hit Blocks"].as_u64().unwrap_or(0)
+        + plan["Shared Read Blocks"].as_u64().unwrap_or(0);
+    eprintln!("prune::PRUNE_BLOCKS over 1,000 heights: {buffers} buffers");
+    if !scans.is_empty() || buffers > 30_000 {
+        failures.push(format!(
+            "prune::PRUNE_BLOCKS: sequential scans of {scans:?}, {buffers} buffers (budget 30000)\n{}",
+            serde_json::to_string_pretty(plan).unwrap()
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
