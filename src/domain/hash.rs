@@ -19,6 +19,15 @@ impl CryptoHash {
             input: input.chars().take(80).collect(),
             reason,
         };
+        // Checked before decoding: decoding costs time quadratic in the
+        // length, and the text may come from a hostile node.
+        let max = crate::domain::public_key::base58_max_len(32);
+        if input.len() > max {
+            return Err(fail(format!(
+                "{} characters, longer than any 32-byte hash ({max})",
+                input.len()
+            )));
+        }
         let bytes = bs58::decode(input)
             .into_vec()
             .map_err(|e| fail(format!("invalid base58: {e}")))?;
@@ -28,7 +37,8 @@ impl CryptoHash {
                 bytes.len()
             )));
         }
-        Ok(CryptoHash(bs58::encode(bytes).into_string()))
+        // base58 is canonical: the valid text is the encoding of its bytes
+        Ok(CryptoHash(input.to_owned()))
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -56,6 +66,14 @@ impl<'de> serde::Deserialize<'de> for CryptoHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_longer_than_any_encoding_is_refused_before_decoding() {
+        let err = CryptoHash::parse(&"z".repeat(45)).unwrap_err();
+        assert!(err.to_string().contains("45 characters"), "{err}");
+        let max = bs58::encode([0xff; 32]).into_string();
+        assert_eq!(CryptoHash::parse(&max).unwrap().as_str(), max);
+    }
 
     #[test]
     fn all_ones_is_the_zero_hash_and_round_trips() {

@@ -73,6 +73,12 @@ pub enum PublicKeyProblem {
     Empty,
     #[error("invalid base58: {0}")]
     Base58(String),
+    #[error("the key data is {got} characters, longer than any {key_type} key ({max})")]
+    TooLong {
+        key_type: &'static str,
+        got: usize,
+        max: usize,
+    },
     #[error("base58 decodes to {got} bytes, expected {expected} for {key_type}")]
     WrongLength {
         key_type: &'static str,
@@ -83,6 +89,12 @@ pub enum PublicKeyProblem {
         "a full ml-dsa-65 key never appears on chain; use its ml-dsa-65-hash: handle, as `keywatch keys` prints it"
     )]
     FullMlDsaKeyNotAHandle,
+}
+
+/// The longest base58 text `bytes` bytes encode to (log 256 / log 58 is
+/// 1.3657 characters per byte, rounded up).
+pub fn base58_max_len(bytes: usize) -> usize {
+    (bytes * 1366).div_ceil(1000)
 }
 
 impl PublicKey {
@@ -103,6 +115,16 @@ impl PublicKey {
         if data.is_empty() {
             return Err(fail(PublicKeyProblem::Empty));
         }
+        // Checked before decoding: decoding costs time quadratic in the
+        // length, and the text may come from a hostile node.
+        let max = base58_max_len(key_type.data_len());
+        if data.len() > max {
+            return Err(fail(PublicKeyProblem::TooLong {
+                key_type: key_type.name(),
+                got: data.len(),
+                max,
+            }));
+        }
         let bytes = bs58::decode(data)
             .into_vec()
             .map_err(|e| fail(PublicKeyProblem::Base58(e.to_string())))?;
@@ -115,7 +137,8 @@ impl PublicKey {
         }
         Ok(PublicKey {
             key_type,
-            text: format!("{}:{}", key_type.name(), bs58::encode(&bytes).into_string()),
+            // base58 is canonical: the valid text is the encoding of its bytes
+            text: format!("{}:{data}", key_type.name()),
         })
     }
 
@@ -193,6 +216,45 @@ mod tests {
             PublicKey::parse("ED25519:EddTahJwZpJjYPPmat7DBm1m2vdrFBzVv7e3T4hzkENd").unwrap();
         assert_eq!(bare.as_str(), ED);
         assert_eq!(upper, bare);
+    }
+
+    #[test]
+    fn the_text_kept_is_the_canonical_encoding_of_the_bytes() {
+        // leading zero bytes, all-ones, and mixed values
+        for bytes in [[0u8; 32], [0xff; 32], {
+            let mut b = [0u8; 32];
+            b[5..]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i as u8).wrapping_mul(37));
+            b
+        }] {
+            let text = bs58::encode(bytes).into_string();
+            assert!(text.len() <= base58_max_len(32));
+            let key = PublicKey::parse(&text).unwrap();
+            assert_eq!(key.to_string(), format!("ed25519:{text}"));
+            assert_eq!(bs58::decode(&text).into_vec().unwrap(), bytes);
+        }
+        assert_eq!(base58_max_len(32), 44);
+        assert_eq!(bs58::encode([0xff; 32]).into_string().len(), 44);
+    }
+
+    #[test]
+    fn a_key_longer_than_any_encoding_is_refused_before_decoding() {
+        let huge = format!("ed25519:{}", "z".repeat(4_000_000));
+        let err = PublicKey::parse(&huge).unwrap_err();
+        assert_eq!(
+            err.reason,
+            PublicKeyProblem::TooLong {
+                key_type: "ed25519",
+                got: 4_000_000,
+                max: 44
+            }
+        );
+        assert!(
+            err.to_string().len() < 300,
+            "the input is cut in the message"
+        );
     }
 
     #[test]
