@@ -13,3 +13,10 @@ insert into block_pruning (id, pruned_below) values (1, 0);
 
 -- pruning asks whether any unknown change sits at or just before a height
 create index unknown_changes_height on unknown_changes (block_height);
+
+-- deleting a block makes postgres check that no history row references it
+-- (the foreign keys on block_hash): without these indexes that check is a
+-- sequential scan of the history table for every block deleted.
+-- (unknown_changes' natural key already starts with block_hash.)
+create index key_events_block_hash on key_events (block_hash);
+create index balance_events_block_hash on balance_events (block_hash);

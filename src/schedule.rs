@@ -46,8 +46,8 @@ pub fn next_due(
     ))
 }
 
-/// Heights pruned per transaction.
-const PRUNE_BATCH: i64 = 5_000;
+/// Heights pruned per transaction (each holds the cursor lock).
+const PRUNE_BATCH: i64 = 1_000;
 
 pub struct Scheduler {
     pub pool: PgPool,

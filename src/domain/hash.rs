@@ -24,7 +24,7 @@ impl CryptoHash {
         let max = crate::domain::public_key::base58_max_len(32);
         if input.len() > max {
             return Err(fail(format!(
-                "{} characters, longer than any 32-byte hash ({max})",
+                "{} bytes long, longer than any 32-byte hash ({max})",
                 input.len()
             )));
         }
@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn a_hash_longer_than_any_encoding_is_refused_before_decoding() {
         let err = CryptoHash::parse(&"z".repeat(45)).unwrap_err();
-        assert!(err.to_string().contains("45 characters"), "{err}");
+        assert!(err.to_string().contains("45 bytes long"), "{err}");
         let max = bs58::encode([0xff; 32]).into_string();
         assert_eq!(CryptoHash::parse(&max).unwrap().as_str(), max);
     }

@@ -73,7 +73,7 @@ pub enum PublicKeyProblem {
     Empty,
     #[error("invalid base58: {0}")]
     Base58(String),
-    #[error("the key data is {got} characters, longer than any {key_type} key ({max})")]
+    #[error("the key data is {got} bytes long, longer than any {key_type} key ({max})")]
     TooLong {
         key_type: &'static str,
         got: usize,

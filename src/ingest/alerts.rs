@@ -13,7 +13,7 @@ use sqlx::PgConnection;
 use crate::config::{RuleSet, RuleSettings, Settings};
 use crate::domain::{AccessKey, AccountId, AccountState, BlockHeader, PublicKey, Yocto};
 use crate::ingest::IngestError;
-use crate::ingest::recent::Recent;
+use crate::ingest::recent::{Recent, Written};
 use crate::rules::{AlertDraft, BlockFacts, KeyWrite, WindowValues, evaluate_block, window_drop};
 use crate::store::alerts::{Decided, fired_since_many, insert_many};
 use crate::store::convert::{height_to_i64, ns_to_time, numeric_to_yocto};
@@ -260,26 +260,16 @@ pub async fn window_rules(
     let mut drafts = Vec::new();
     for settle in settles {
         // function-call and gas keys, and balances, the settled block wrote
-        let (settled, settled_hash, keys, accounts) =
-            match recent.and_then(|r| r.settled(header.height, settle)) {
-                Some(w) => (
-                    height_to_i64("height", w.height)?,
-                    w.hash.clone(),
-                    w.keys.clone(),
-                    w.accounts.clone(),
-                ),
-                None => {
-                    let Some((settled, hash)) = window::settled_block(tx, h, settle).await? else {
-                        continue;
-                    };
-                    (
-                        settled,
-                        hash,
-                        window::keys_written_at(tx, settled).await?,
-                        window::accounts_written_at(tx, settled).await?,
-                    )
-                }
-            };
+        let Some(Written {
+            height: settled,
+            hash: settled_hash,
+            keys,
+            accounts,
+        }) = settled_writes(tx, header, settle, recent).await?
+        else {
+            continue;
+        };
+        let settled = height_to_i64("height", settled)?;
         let mut judged = Vec::new();
         // the keys and accounts whose rule settles at this depth
         let rule = |account: &str, name: &str| {
@@ -345,6 +335,29 @@ fn settled_value(at: Yocto, increases: &BigDecimal) -> Result<Yocto, IngestError
             at.0, up.0
         ))
     })
+}
+
+/// What the block `settle` blocks before `header` wrote, from `recent`
+/// when it holds it, else from history (`None` before the first block).
+async fn settled_writes(
+    tx: &mut PgConnection,
+    header: &BlockHeader,
+    settle: u32,
+    recent: Option<&Recent>,
+) -> Result<Option<Written>, IngestError> {
+    if let Some(w) = recent.and_then(|r| r.settled(header.height, settle)) {
+        return Ok(Some(w.clone()));
+    }
+    let h = height_to_i64("height", header.height)?;
+    let Some((height, hash)) = window::settled_block(tx, h, settle).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Written {
+        height: crate::store::convert::i64_to_height("height", height)?,
+        hash,
+        keys: window::keys_written_at(tx, height).await?,
+        accounts: window::accounts_written_at(tx, height).await?,
+    }))
 }
 
 fn window_start(r: &RuleSettings, now_ns: i64) -> i64 {

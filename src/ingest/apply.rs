@@ -221,8 +221,9 @@ pub async fn apply_blocks(
     for a in &needed {
         current.accounts.entry(a.clone()).or_insert(None);
     }
-    memory.recent.anchor(&cursor.hash);
+    // Memory changes only once the run commits.
     let mut after = memory.recent.clone();
+    after.anchor(&cursor.hash);
     let mut writes = Writes::default();
     let mut facts = Vec::with_capacity(run.len());
     for data in run {

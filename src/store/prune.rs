@@ -32,6 +32,14 @@ pub const PRUNE_BLOCKS: &str = "delete from blocks b
                        where u.block_height between b.block_height - $3 and b.block_height)
        and not exists (select 1 from ingest_cursor c where c.block_hash = b.block_hash)";
 
+/// Where the last pass stopped, or the lowest stored block if higher;
+/// locks the progress row.
+pub const PRUNE_FROM: &str =
+    "select greatest(p.pruned_below, coalesce((select min(block_height) from blocks), 0))
+     from block_pruning p where p.id = 1 for update";
+
+pub const PRUNED_BELOW: &str = "update block_pruning set pruned_below = $1 where id = 1";
+
 /// What one pruning pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -41,8 +49,11 @@ pub struct Pruned {
 }
 
 /// Deletes the blocks history does not need whose time is before
-/// `before_ns`, `batch` heights per transaction (so no lock is held long),
-/// keeping `keep_after` heights after every block with history.
+/// `before_ns`, `batch` heights per transaction, keeping `keep_after`
+/// heights after every block with history. Each transaction holds the
+/// cursor lock, as every writer of history does, so no history row can be
+/// written into a block while it is being deleted; a batch is small
+/// enough (a few milliseconds) that the follower barely waits.
 pub async fn prune_blocks(
     pool: &PgPool,
     before_ns: i64,
@@ -56,12 +67,8 @@ pub async fn prune_blocks(
     let mut out = Pruned::default();
     loop {
         let mut tx = pool.begin().await?;
-        let (from,): (i64,) = sqlx::query_as(
-            "select greatest(p.pruned_below, coalesce((select min(block_height) from blocks), 0))
-             from block_pruning p where p.id = 1 for update",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        crate::store::lock_cursor(&mut tx).await?;
+        let from: i64 = sqlx::query_scalar(PRUNE_FROM).fetch_one(&mut *tx).await?;
         out.below = from;
         let to = (from + batch.max(1)).min(end);
         if to <= from {
@@ -75,10 +82,7 @@ pub async fn prune_blocks(
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("update block_pruning set pruned_below = $1 where id = 1")
-            .bind(to)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(PRUNED_BELOW).bind(to).execute(&mut *tx).await?;
         tx.commit().await?;
         out.below = to;
     }

@@ -74,6 +74,68 @@ refund_after = {}
     Scenario::from_toml(&text, "relayer story").unwrap()
 }
 
+const GAS: &str = "ed25519:8GGzH1ySaUbbLGnLwhn1myU3xbQKiYcjJJ9LHTVrMBGK";
+
+/// The same traffic on a gas key (0.5 NEAR) of an account holding 100: a
+/// call charges the gas key, and a refund is the account funding it back.
+fn gas_story(calls: &[Call]) -> Scenario {
+    let mut text = format!(
+        r#"
+[chain]
+chain_id = "localnet"
+start_height = 1000
+genesis_time = "2026-11-22T08:00:00Z"
+block_time = "600ms"
+
+[[accounts]]
+id = "relayer.near"
+amount = "100"
+keys = [{{ key = "{FULL}", permission = "full_access" }}]
+
+[[actions]]
+at = {ADDED_AT}
+do = "add_key"
+account = "relayer.near"
+signer = "{FULL}"
+fee = "0"
+key = "{GAS}"
+permission = {{ gas_key_function_call = {{ balance = "0.5", num_nonces = 2, receiver = "app.near" }} }}
+"#
+    );
+    for c in calls {
+        text.push_str(&format!(
+            r#"
+[[actions]]
+at = {}
+do = "call"
+account = "relayer.near"
+signer = "{GAS}"
+nonce_slot = 0
+receiver = "app.near"
+fee = "{}"
+"#,
+            c.at, c.fee
+        ));
+        if c.refund != "0" {
+            text.push_str(&format!(
+                r#"
+[[actions]]
+at = {}
+do = "fund_gas_key"
+account = "relayer.near"
+signer = "{FULL}"
+fee = "0"
+key = "{GAS}"
+amount = "{}"
+"#,
+                c.at + c.after,
+                c.refund
+            ));
+        }
+    }
+    Scenario::from_toml(&text, "gas key story").unwrap()
+}
+
 /// The table of the issue: charged two blocks after the addition, refunded
 /// two blocks after each charge, every five blocks.
 fn charged_and_refunded() -> Vec<Call> {
@@ -224,4 +286,36 @@ async fn refunds_spread_over_two_to_six_blocks_raise_no_drain(pool: PgPool) {
     assert_eq!(decided, vec![]);
     let lowest: f64 = lowest_allowance(&pool).await.parse().unwrap();
     assert!(lowest < 0.93 * 0.5e24, "{lowest}");
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_gas_key_charged_and_funded_back_two_blocks_later_raises_no_drain(pool: PgPool) {
+    let decided = drains(&pool, gas_story(&charged_and_refunded())).await;
+    assert_eq!(decided, vec![]);
+    let lowest: String = sqlx::query_scalar(
+        "select min(gas_key_balance)::text from key_events where public_key = $1",
+    )
+    .bind(GAS)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        lowest, "479230000000000000000000",
+        "the raw dips of the table"
+    );
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_gas_key_charged_and_never_funded_back_raises_one_drain(pool: PgPool) {
+    let mut calls = charged_and_refunded();
+    for at in [1063, 1066] {
+        calls.push(Call {
+            at,
+            fee: "0.01",
+            refund: "0",
+            after: 2,
+        });
+    }
+    let decided = drains(&pool, gas_story(&calls)).await;
+    assert_eq!(decided, vec![("allowance_drain".to_owned(), 1076, 1066)]);
 }
