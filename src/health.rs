@@ -241,6 +241,17 @@ impl Health {
     /// Why this process is not ready (empty when it is), for `/ready` and
     /// `keywatch status`; `stalled_after` is the `ingest_stalled` rule's `after`.
     pub fn not_ready(&self, stalled_after: Duration) -> Vec<String> {
+        self.reasons(stalled_after, true)
+    }
+
+    /// [`Health::not_ready`] as an unauthenticated endpoint may say it:
+    /// which dependency fails and for how long, without the error's text
+    /// (a node's or a server's words are not for anyone who asks).
+    pub fn not_ready_public(&self, stalled_after: Duration) -> Vec<String> {
+        self.reasons(stalled_after, false)
+    }
+
+    fn reasons(&self, stalled_after: Duration, with_errors: bool) -> Vec<String> {
         let snap = self.snapshot();
         let mut reasons = Vec::new();
         match snap.role {
@@ -249,19 +260,26 @@ impl Health {
             Role::Leader => {}
         }
         for (dep, f) in &snap.failing {
-            reasons.push(format!(
-                "{} failing for {}s: {}",
+            let mut reason = format!(
+                "{} failing for {}s",
                 dep.as_str(),
-                f.since.elapsed().as_secs(),
-                f.error
-            ));
+                f.since.elapsed().as_secs()
+            );
+            if with_errors {
+                reason.push_str(&format!(": {}", f.error));
+            }
+            reasons.push(reason);
         }
         if snap.role == Role::Leader && snap.idle >= stalled_after {
-            reasons.push(format!(
-                "stalled for {}s: {}",
-                snap.idle.as_secs(),
-                snap.stall_reason()
-            ));
+            reasons.push(if with_errors {
+                format!(
+                    "stalled for {}s: {}",
+                    snap.idle.as_secs(),
+                    snap.stall_reason()
+                )
+            } else {
+                format!("stalled for {}s", snap.idle.as_secs())
+            });
         }
         if let Some(why) = snap.outbox_stuck {
             reasons.push(format!("outbox: {why}"));

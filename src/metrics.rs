@@ -173,9 +173,9 @@ async fn alive(State(s): State<ServerState>) -> impl IntoResponse {
 }
 
 async fn ready(State(s): State<ServerState>) -> impl IntoResponse {
-    let mut reasons = s.health.not_ready(s.stalled_after);
+    let mut reasons = s.health.not_ready_public(s.stalled_after);
     let ping = tokio::time::timeout(
-        Duration::from_secs(2),
+        PING_TIMEOUT,
         sqlx::query_scalar::<_, i32>("select 1").fetch_one(&s.pool),
     )
     .await;
@@ -200,13 +200,25 @@ async fn ready(State(s): State<ServerState>) -> impl IntoResponse {
     (status, axum::Json(body))
 }
 
-/// Serves `/metrics`, `/health` and `/ready` on `listener` until the task is dropped.
+/// How long `/ready` waits for the database.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves `/metrics`, `/health` and `/ready` on `listener` until the task
+/// is dropped. `/ready` asks the database on a connection of its own (the
+/// options of `pool`, one connection, a short timeout), so a busy or
+/// exhausted ingest pool cannot make it hang or lie.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     pool: PgPool,
     health: Arc<Health>,
     stalled_after: Duration,
 ) -> std::io::Result<()> {
+    let options = pool.connect_options().as_ref().clone();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(PING_TIMEOUT)
+        .connect_lazy_with(options);
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .route("/health", axum::routing::get(alive))

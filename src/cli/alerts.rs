@@ -33,12 +33,21 @@ pub async fn list(config: &Path, json: bool) -> CmdResult {
         println!("no alerts");
     }
     for r in &rows {
+        let mut block = format!("block {}", r.block_height);
+        if r.change_block_height != r.block_height {
+            block = format!(
+                "change at block {}, decided at {block}",
+                r.change_block_height
+            );
+        }
+        if let Some(tx) = &r.tx_hash {
+            block.push_str(&format!(", tx {tx}"));
+        }
         println!(
-            "#{} [{}] {} (block {})  {}: {} after {} attempt(s){}{}",
+            "#{} [{}] {} ({block})  {}: {} after {} attempt(s){}{}",
             r.alert_id,
             r.severity,
-            r.title,
-            r.block_height,
+            crate::notify::render::clean(&r.title),
             r.channel,
             r.status,
             r.attempts,
@@ -47,11 +56,12 @@ pub async fn list(config: &Path, json: bool) -> CmdResult {
                 .unwrap_or_default(),
             r.last_error
                 .as_ref()
-                .map(|e| format!(" (last error: {e})"))
+                .map(|e| format!(" (last error: {})", crate::notify::render::clean(e)))
                 .unwrap_or_default()
         );
     }
     for (id, _, sev, title, h) in &unsent {
+        let title = crate::notify::render::clean(title);
         println!("#{id} [{sev}] {title} (block {h})  no channel configured");
     }
     Ok(())

@@ -110,6 +110,11 @@ async fn run_demo(
         .map_err(|e| Failure::Other(e.into()))?;
     let mut ctx = AlertContext::from_settings(settings);
     ctx.channels = vec![];
+    // The story is played as news, not as a backfill of old blocks: its
+    // alerts are decided as live ones are (cooldowns and escalation
+    // included), whatever the simulated clock says.
+    ctx.suppress_old
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let opts = FollowOptions {
         until_height: Some(end),

@@ -52,13 +52,6 @@ pub(crate) async fn upsert_accounts(
     Ok(())
 }
 
-/// Connects, checks the chain, and upserts the config's accounts.
-async fn prepare(settings: &Settings) -> Result<(sqlx::PgPool, RpcClient), Failure> {
-    let (pool, rpc) = connect_rpc(settings).await?;
-    upsert_accounts(settings, &pool, &rpc).await?;
-    Ok((pool, rpc))
-}
-
 pub(crate) fn follow_options(settings: &Settings, base: FollowOptions) -> FollowOptions {
     FollowOptions {
         poll_interval: settings.ingest.poll_interval,
@@ -89,7 +82,7 @@ pub async fn backfill(config: &Path, from: u64, to: Option<u64>) -> CmdResult {
         )));
     }
     let settings = load_settings(config)?;
-    let (pool, rpc) = prepare(&settings).await?;
+    let (pool, rpc) = connect_rpc(&settings).await?;
     match crate::store::cursor(&pool)
         .await
         .context("reading the cursor")?
@@ -109,6 +102,10 @@ pub async fn backfill(config: &Path, from: u64, to: Option<u64>) -> CmdResult {
     init_cursor(&pool, &rpc, StartAt::Height(from))
         .await
         .map_err(ingest_failure)?;
+    // The accounts after the cursor: each must exist where its baseline is
+    // read (the start block), not at the head, so the history of an
+    // account deleted since can be backfilled.
+    upsert_accounts(&settings, &pool, &rpc).await?;
     let base = FollowOptions {
         until_height: to,
         exit_when_caught_up: to.is_none(),

@@ -111,12 +111,23 @@ pub enum WebhookFormat {
     Slack,
 }
 
-#[derive(Debug)]
 pub struct WebhookConfig {
+    /// A secret: Slack and many receivers carry their token in the path.
     pub url: reqwest::Url,
     pub format: WebhookFormat,
     pub secret: Option<SecretString>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &crate::rpc::transport::redact_url(&self.url))
+            .field("format", &self.format)
+            .field("secret", &self.secret)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -178,6 +189,7 @@ const SECRETS: &[(&str, &str)] = &[
     ("notify", "heartbeat_url"),
     ("notify.email", "password"),
     ("notify.webhook", "secret"),
+    ("notify.webhook", "url"),
 ];
 
 fn env_name(section: &str, key: &str) -> String {
@@ -272,6 +284,16 @@ fn secret(
         (Some(v), _) => Some(SecretString::from(v.clone())),
         (None, s) => s,
     }
+}
+
+/// Whether `host` names this machine: `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_mailbox(s: String) -> Result<lettre::message::Mailbox, String> {
@@ -591,6 +613,7 @@ fn read_email(
         to_by_severity.insert(sev, parsed);
     }
     let timeout = f.get(p, "timeout", Duration::from_secs(15));
+    let allow_insecure: bool = f.get(p, "allow_insecure", false);
     let ca_pem = f.parsed(p, "ca_file", |path: String| {
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
         if !String::from_utf8_lossy(&bytes).contains("-----BEGIN CERTIFICATE-----") {
@@ -613,6 +636,24 @@ fn read_email(
             "username and password go together (password from env or password_file)",
         );
     }
+    // Plain text only where nobody can listen: alerts say which keys can
+    // sign for an account, and a password must never cross a network in
+    // clear.
+    if tls == SmtpTls::None {
+        if password.is_some() {
+            p.add(
+                f.path_of("tls"),
+                "\"none\" would send the password in clear: use starttls or implicit",
+            );
+        } else if !is_loopback(&host) && !allow_insecure {
+            p.add(
+                f.path_of("tls"),
+                format!(
+                    "\"none\" sends alerts in clear to {host:?}, which is not loopback: use starttls or implicit, or set allow_insecure = true"
+                ),
+            );
+        }
+    }
     Some(EmailConfig {
         host,
         port,
@@ -633,10 +674,17 @@ fn read_webhook(
     env: &HashMap<String, String>,
 ) -> Option<WebhookConfig> {
     let enabled: bool = f.get(p, "enabled", false);
-    let url = f.parsed(p, "url", |s: String| match reqwest::Url::parse(&s) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
-        Ok(_) => Err("scheme must be http or https".to_owned()),
-        Err(e) => Err(format!("invalid url: {e}")),
+    // A secret (a Slack url is its token): from env or `url_file` only, and
+    // an invalid one is reported without its text.
+    let url = secret(p, f, "notify.webhook", "url", env).and_then(|url| {
+        use secrecy::ExposeSecret;
+        let problem = match reqwest::Url::parse(url.expose_secret()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => return Some(u),
+            Ok(_) => "scheme must be http or https".to_owned(),
+            Err(e) => format!("invalid url: {e}"),
+        };
+        p.add(f.path_of("url"), problem);
+        None
     });
     let format = f
         .parsed(p, "format", |s: String| match s.as_str() {
@@ -650,8 +698,14 @@ fn read_webhook(
     if !enabled {
         return None;
     }
-    if url.is_none() && f.known("url").is_none() {
-        p.add(f.path_of("url"), "is required when the webhook is enabled");
+    if url.is_none() && !p.mentions(&f.path_of("url")) {
+        p.add(
+            f.path_of("url"),
+            format!(
+                "is required when the webhook is enabled: set {} or url_file",
+                env_name("notify.webhook", "url")
+            ),
+        );
     }
     Some(WebhookConfig {
         url: url?,

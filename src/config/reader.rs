@@ -28,6 +28,11 @@ impl Problems {
             message: message.into(),
         });
     }
+
+    /// Whether a problem was already reported at `path`.
+    pub fn mentions(&self, path: &str) -> bool {
+        self.0.iter().any(|q| q.path == path)
+    }
 }
 
 /// A value type that can be read from one TOML value.

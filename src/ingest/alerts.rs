@@ -3,7 +3,7 @@
 //! balance drop) on the block `settle_blocks` blocks back, judged on net
 //! change in chain time. Drafts become outbox rows in the same transaction.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +14,9 @@ use crate::config::{RuleSet, RuleSettings, Settings};
 use crate::domain::{AccessKey, AccountId, AccountState, BlockHeader, PublicKey, Yocto};
 use crate::ingest::IngestError;
 use crate::ingest::recent::{Recent, Written};
+use crate::rules::repeat::{Again, Previous, Repeat, again, mark_further};
 use crate::rules::{AlertDraft, BlockFacts, KeyWrite, WindowValues, evaluate_block, window_drop};
-use crate::store::alerts::{Decided, fired_since_many, insert_many};
+use crate::store::alerts::{AskLast, Decided, insert_many, last_alerts};
 use crate::store::convert::{height_to_i64, ns_to_time, numeric_to_yocto};
 use crate::store::window;
 
@@ -111,13 +112,14 @@ pub struct AccountBlock {
 /// keywatch was down or blind.
 pub const LATE_AFTER: Duration = Duration::from_secs(60);
 
-/// Applies cooldown (chain time) and writes the drafts; returns how many
-/// alerts were created.
+/// Decides which drafts fire (see [`crate::rules::repeat`]: cooldown in
+/// chain time, escalation, one alert per event) and writes them; returns
+/// how many alerts were created.
 pub async fn queue(
     tx: &mut PgConnection,
     ctx: &AlertContext,
     header: &BlockHeader,
-    drafts: Vec<(AlertDraft, Duration)>,
+    drafts: Vec<(AlertDraft, Repeat)>,
 ) -> Result<usize, IngestError> {
     let block_time = ns_to_time(header.timestamp_ns);
     let now = (ctx.now)();
@@ -133,36 +135,10 @@ pub async fn queue(
         block_hash: &hash,
         block_time,
     };
-    // Cooldowns, all asked at once; a draft is also quiet when an earlier
-    // draft of this block for the same rule, account and key was kept, as
-    // asking one by one after each insert would find.
     let mut drafts = drafts;
-    let asked: Vec<_> = drafts
-        .iter()
-        .map(|(d, cooldown)| {
-            let since = block_time
-                - chrono::Duration::from_std(*cooldown).unwrap_or(chrono::Duration::zero());
-            (
-                d.rule,
-                d.account_id.as_str(),
-                d.public_key.as_deref(),
-                since,
-            )
-        })
-        .collect();
-    let fired = fired_since_many(tx, &asked).await?;
-    let mut kept_here: HashSet<(&str, String, Option<String>)> = HashSet::new();
-    let mut keep = Vec::with_capacity(drafts.len());
-    for ((d, cooldown), fired) in drafts.iter().zip(fired) {
-        let key = (d.rule, d.account_id.clone(), d.public_key.clone());
-        let quiet = !cooldown.is_zero() && (fired || kept_here.contains(&key));
-        keep.push(!quiet);
-        if !quiet {
-            kept_here.insert(key);
-        }
-    }
+    let kept = decide_repeats(tx, &mut drafts, block_time, header.height).await?;
     let mut queued = Vec::new();
-    for ((d, _), keep) in drafts.iter_mut().zip(keep) {
+    for ((d, _), keep) in drafts.iter_mut().zip(kept) {
         if !keep {
             continue;
         }
@@ -178,12 +154,81 @@ pub async fn queue(
     Ok(created as usize)
 }
 
-fn with_cooldown(rules: &RuleSet, drafts: Vec<AlertDraft>) -> Vec<(AlertDraft, Duration)> {
+/// Which drafts fire, given the last alert of each one's rule, account and
+/// key (all asked at once) or an earlier draft of this block kept for the
+/// same, as asking one by one after each insert would find. Drafts that
+/// fire again because their value fell further are marked so.
+async fn decide_repeats(
+    tx: &mut PgConnection,
+    drafts: &mut [(AlertDraft, Repeat)],
+    block_time: chrono::DateTime<chrono::Utc>,
+    height: u64,
+) -> Result<Vec<bool>, IngestError> {
+    let asked: Vec<AskLast> = drafts
+        .iter()
+        .map(|(d, repeat)| AskLast {
+            rule: d.rule,
+            account: d.account_id.as_str(),
+            public_key: d.public_key.as_deref(),
+            since: match repeat.lookback() {
+                Some(c) => {
+                    block_time - chrono::Duration::from_std(c).unwrap_or(chrono::Duration::MAX)
+                }
+                None => chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            },
+        })
+        .collect();
+    let last = last_alerts(tx, &asked).await?;
+    let mut kept_here: HashMap<(&str, String, Option<String>), serde_json::Value> = HashMap::new();
+    let mut keep = Vec::with_capacity(drafts.len());
+    let this_block = height_to_i64("height", height)?;
+    for ((d, repeat), last) in drafts.iter_mut().zip(last) {
+        let key = (d.rule, d.account_id.clone(), d.public_key.clone());
+        let earlier_here = kept_here.get(&key).cloned();
+        let previous = match (&earlier_here, &last) {
+            (Some(details), _) => Some(Previous {
+                id: 0,
+                block_height: this_block,
+                details,
+                corrected_since: false,
+            }),
+            (None, Some(l)) => Some(Previous {
+                id: l.id,
+                block_height: l.block_height,
+                details: &l.details,
+                corrected_since: l.fixed_since,
+            }),
+            (None, None) => None,
+        };
+        let fires = match again(*repeat, d, previous) {
+            Again::Fire => true,
+            Again::Quiet => false,
+            Again::Further {
+                previous_now,
+                further,
+            } => {
+                let previous = previous.expect("a further drop has a previous alert");
+                mark_further(d, previous, previous_now, further);
+                true
+            }
+        };
+        if fires {
+            kept_here.insert(key, d.details.clone());
+        }
+        keep.push(fires);
+    }
+    Ok(keep)
+}
+
+fn repeats(rules: &RuleSet, drafts: Vec<AlertDraft>) -> Vec<(AlertDraft, Repeat)> {
     drafts
         .into_iter()
         .map(|d| {
-            let cd = rules.get(d.rule).map(|r| r.cooldown).unwrap_or_default();
-            (d, cd)
+            let repeat = rules
+                .get(d.rule)
+                .map(|r| Repeat::of(d.rule, r))
+                .unwrap_or(Repeat::Cooldown(Duration::ZERO));
+            (d, repeat)
         })
         .collect()
 }
@@ -234,7 +279,7 @@ pub async fn block_rules(
             draft.details["block_height"] = serde_json::json!(header.height);
             draft.details["block_hash"] = serde_json::json!(header.hash.as_str());
         }
-        drafts.extend(with_cooldown(rules, d));
+        drafts.extend(repeats(rules, d));
     }
     queue(tx, ctx, header, drafts).await
 }
@@ -263,6 +308,7 @@ pub async fn window_rules(
         let Some(Written {
             height: settled,
             hash: settled_hash,
+            timestamp_ns: settled_ns,
             keys,
             accounts,
         }) = settled_writes(tx, header, settle, recent).await?
@@ -295,7 +341,8 @@ pub async fn window_rules(
         let found = window::keys_in_window(tx, &asked, h, settled).await?;
         for ((account, k, r), w) in judged_keys.iter().zip(found) {
             if let Some(d) = drain(r, account, &k.public_key, w)? {
-                judged.push((d, r.cooldown));
+                let repeat = Repeat::of(d.rule, r);
+                judged.push((d, repeat));
             }
         }
         let judged_accounts: Vec<_> = accounts
@@ -309,13 +356,15 @@ pub async fn window_rules(
         let found = window::balances_in_window(tx, &asked, h, settled).await?;
         for ((account, r), w) in judged_accounts.iter().zip(found) {
             if let Some(d) = balance_drop(r, account, w)? {
-                judged.push((d, r.cooldown));
+                let repeat = Repeat::of(d.rule, r);
+                judged.push((d, repeat));
             }
         }
         for (d, _) in &mut judged {
             // the block whose write is judged, and the one that decided
             d.details["change_block_height"] = serde_json::json!(settled);
             d.details["change_block_hash"] = serde_json::json!(settled_hash);
+            d.details["change_block_time"] = serde_json::json!(ns_to_time(settled_ns));
         }
         drafts.append(&mut judged);
     }
@@ -349,14 +398,16 @@ async fn settled_writes(
         return Ok(Some(w.clone()));
     }
     let h = height_to_i64("height", header.height)?;
-    let Some((height, hash)) = window::settled_block(tx, h, settle).await? else {
+    let Some(b) = window::settled_block(tx, h, settle).await? else {
         return Ok(None);
     };
+    use crate::store::convert::i64_to_height;
     Ok(Some(Written {
-        height: crate::store::convert::i64_to_height("height", height)?,
-        hash,
-        keys: window::keys_written_at(tx, height).await?,
-        accounts: window::accounts_written_at(tx, height).await?,
+        height: i64_to_height("height", b.block_height)?,
+        hash: b.block_hash,
+        timestamp_ns: i64_to_height("block time", b.block_timestamp_ns)?,
+        keys: window::keys_written_at(tx, b.block_height).await?,
+        accounts: window::accounts_written_at(tx, b.block_height).await?,
     }))
 }
 
@@ -423,6 +474,7 @@ fn drain(
             drop.to_near_string()
         ),
         details: serde_json::json!({"account_id": account, "public_key": key, "before": before.to_string(), "now": now.to_string(),
+            "tx_hash": w.tx_hash, "receipt_hash": w.receipt_hash,
             "drop": drop.to_string(), "percent": pct, "window": r.window.map(|w| humantime::format_duration(w).to_string())}),
     }))
 }
@@ -437,6 +489,8 @@ fn balance_drop(
         amount: Some(amount),
         locked: Some(locked),
         deleted: Some(false),
+        tx_hash,
+        receipt_hash,
         refunded_amount,
         before_amount: Some(b_amount),
         before_locked: Some(b_locked),
@@ -472,6 +526,7 @@ fn balance_drop(
             pct.map(|p| format!(" ({p}%)")).unwrap_or_default()
         ),
         details: serde_json::json!({"account_id": account, "before": b_amount.to_string(), "now": now_amount.to_string(),
+            "tx_hash": tx_hash, "receipt_hash": receipt_hash,
             "drop": drop.to_string(), "percent": pct, "window": r.window.map(|w| humantime::format_duration(w).to_string())}),
     }))
 }
@@ -504,5 +559,6 @@ pub async fn system_alert(
         title: a.title,
         details: a.details,
     };
-    queue(tx, ctx, at, vec![(d, r.cooldown)]).await
+    let repeat = Repeat::of(d.rule, r);
+    queue(tx, ctx, at, vec![(d, repeat)]).await
 }

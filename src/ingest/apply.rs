@@ -92,7 +92,8 @@ impl Memory {
             let keep = memory.recent.capacity() as i64;
             let mut blocks = store::window::blocks_up_to(&mut tx, cursor, keep).await?;
             blocks.reverse();
-            for (height, hash) in blocks {
+            for b in blocks {
+                let height = b.block_height;
                 let mut keys = store::window::keys_written_at(&mut tx, height).await?;
                 keys.sort_by(|a, b| {
                     (&a.account_id, &a.public_key).cmp(&(&b.account_id, &b.public_key))
@@ -101,7 +102,11 @@ impl Memory {
                 accounts.sort();
                 memory.recent.push(Written {
                     height: store::convert::i64_to_height("block height", height)?,
-                    hash,
+                    hash: b.block_hash,
+                    timestamp_ns: store::convert::i64_to_height(
+                        "block time",
+                        b.block_timestamp_ns,
+                    )?,
                     keys,
                     accounts,
                 });

@@ -173,8 +173,10 @@ pub async fn start_tracking(
 }
 
 /// `watch add` beside a running leader: checks the accounts exist at the
-/// final block, then hands them to the follower, which reads their
-/// baselines at its cursor between two blocks ([`ensure_baselines`]).
+/// cursor (where their baselines will be read, give or take the blocks
+/// the follower commits meanwhile), then hands them to the follower, which
+/// reads their baselines at its cursor between two blocks
+/// ([`ensure_baselines`]).
 pub async fn ask_follower(
     pool: &PgPool,
     rpc: &RpcClient,
@@ -182,14 +184,19 @@ pub async fn ask_follower(
     watches: &[NewWatch],
     allow_missing: bool,
 ) -> Result<Vec<Tracked>, TrackError> {
+    let cursor = store::cursor(pool).await.map_err(IngestError::from)?;
+    let (block, at) = match &cursor {
+        Some(c) => (cursor_ref(c)?, format!("block {}", c.height)),
+        None => (BlockRef::Final, "the final block".to_owned()),
+    };
     let mut reads = Vec::new();
     for w in watches {
         let state = rpc
-            .view_account_opt(&BlockRef::Final, &w.account_id)
+            .view_account_opt(&block, &w.account_id)
             .await
             .map_err(|source| TrackError::Rpc {
                 account: w.account_id.clone(),
-                at: "the final block".to_owned(),
+                at: at.clone(),
                 source,
             })?;
         reads.push(Baseline {
@@ -197,15 +204,7 @@ pub async fn ask_follower(
             keys: vec![],
         });
     }
-    refuse_missing(
-        pool,
-        watches,
-        &reads,
-        allow_missing,
-        chain,
-        "the final block",
-    )
-    .await?;
+    refuse_missing(pool, watches, &reads, allow_missing, chain, &at).await?;
     hand_to_follower(pool, watches, &reads).await
 }
 

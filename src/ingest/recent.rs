@@ -15,6 +15,7 @@ use crate::store::window::WrittenKey;
 pub struct Written {
     pub height: u64,
     pub hash: String,
+    pub timestamp_ns: u64,
     /// Function-call and gas keys its chain writes touched.
     pub keys: Vec<WrittenKey>,
     /// Accounts whose balance its chain writes set (not deleted).
@@ -53,6 +54,7 @@ impl Written {
         Written {
             height: plan.data.header.height,
             hash: plan.data.header.hash.to_string(),
+            timestamp_ns: plan.data.header.timestamp_ns,
             keys,
             accounts,
         }
@@ -117,6 +119,7 @@ mod tests {
         Written {
             height,
             hash: format!("h{height}"),
+            timestamp_ns: height * 1_000,
             keys: vec![],
             accounts: vec![format!("a{height}.near")],
         }

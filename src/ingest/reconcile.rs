@@ -30,6 +30,21 @@ pub struct Difference {
     pub what: String,
 }
 
+/// How the comparison of current state with history introduces what it
+/// found; the height follows.
+const INTERNAL: &str = "current state vs history at block ";
+
+impl Difference {
+    /// What differs, without the height it was found at: the same drift
+    /// found by two reconciles is one event.
+    pub fn event(&self) -> &str {
+        match self.what.strip_prefix(INTERNAL) {
+            Some(rest) => rest.split_once(": ").map_or(rest, |(_, what)| what),
+            None => &self.what,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub height: u64,
@@ -180,7 +195,7 @@ async fn internal_differences(
     let history_account = account_at(&mut tx, account, cursor.height).await?;
     let current_account = load_account(&mut tx, account).await?;
     tx.commit().await?;
-    let at = format!("current state vs history at block {}: ", cursor.height);
+    let at = format!("{INTERNAL}{}: ", cursor.height);
     let mut out: Vec<Difference> = key_differences(&current_keys, &history_keys, "history")
         .into_iter()
         .map(|(key, what, _)| Difference {
@@ -229,7 +244,7 @@ async fn raise_drift(
                 account: d.account.to_string(),
                 key,
                 title,
-                details: serde_json::json!({"account_id": d.account, "difference": d.what}),
+                details: serde_json::json!({"account_id": d.account, "difference": d.what, "event": d.event()}),
             },
         )
         .await?;

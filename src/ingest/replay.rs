@@ -136,8 +136,16 @@ pub async fn rules_test(
         for a in accounts {
             all.push(facts(&mut tx, &b.block_hash, b.block_height, &a).await?);
         }
-        block_rules(&mut tx, ctx, &header, &all).await?;
-        window_rules(&mut tx, ctx, &header, None).await?;
+        // Judged as when the block was new, as the follower at the head
+        // judged it: nothing is suppressed for being old, so the cooldowns
+        // and escalations it starts are the live ones.
+        let block_time = crate::store::convert::ns_to_time(header.timestamp_ns);
+        let at_the_time = AlertContext {
+            now: std::sync::Arc::new(move || block_time),
+            ..ctx.clone()
+        };
+        block_rules(&mut tx, &at_the_time, &header, &all).await?;
+        window_rules(&mut tx, &at_the_time, &header, None).await?;
     }
     let fired: Vec<(i64, String, String, String, String)> =
         sqlx::query_as("select block_height, rule, severity, account_id, title from alerts order by block_height, id").fetch_all(&mut *tx).await?;

@@ -9,8 +9,9 @@ use crate::store::alerts::Delivery;
 /// Webhook payload version; bump on incompatible changes.
 pub const PAYLOAD_VERSION: u32 = 1;
 
+/// The subject line, cleaned like every on-chain string (see [`clean`]).
 pub fn subject(d: &Delivery) -> String {
-    format!("[{}] {}", d.severity.to_uppercase(), d.title)
+    clean(&format!("[{}] {}", d.severity.to_uppercase(), d.title))
 }
 
 pub fn batch_subject(ds: &[Delivery]) -> String {
@@ -109,8 +110,25 @@ fn facts(d: &Delivery, explorer: &str) -> Vec<(String, String, Option<String>)> 
             out.push((label.into(), v.to_near_string(), None));
         }
     }
+    let cause = cause(d);
+    if cause.block_height != d.block_height {
+        // a window rule: the change, then the block that decided it
+        out.push((
+            "Change".into(),
+            format!(
+                "block {} at {}",
+                cause.block_height,
+                cause.block_time.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            Some(link(explorer, "blocks", &cause.block_hash)),
+        ));
+    }
     out.push((
-        "Block".into(),
+        if cause.block_height != d.block_height {
+            "Decided at".into()
+        } else {
+            "Block".into()
+        },
         format!(
             "{} at {}",
             d.block_height,
@@ -131,6 +149,20 @@ fn facts(d: &Delivery, explorer: &str) -> Vec<(String, String, Option<String>)> 
     if let Some(reason) = detail("reason") {
         out.push(("Reason".into(), reason, None));
     }
+    if let (Some(further), Some(previous)) = (
+        detail("further_drop").and_then(|v| crate::domain::Yocto::parse(&v).ok()),
+        detail("previous_now").and_then(|v| crate::domain::Yocto::parse(&v).ok()),
+    ) {
+        out.push((
+            "Further drop".into(),
+            format!(
+                "{} since the last alert (then {})",
+                further.to_near_string(),
+                previous.to_near_string()
+            ),
+            None,
+        ));
+    }
     if d.details.get("late").and_then(Value::as_bool) == Some(true) {
         out.push((
             "Late".into(),
@@ -144,11 +176,88 @@ fn facts(d: &Delivery, explorer: &str) -> Vec<(String, String, Option<String>)> 
     out
 }
 
+/// The change an alert is about: its block (for a window rule the block
+/// whose write it judged, earlier than the deciding block) and, when known,
+/// its transaction and receipt.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Cause {
+    pub block_height: i64,
+    pub block_hash: String,
+    pub block_time: chrono::DateTime<chrono::Utc>,
+    pub tx_hash: Option<String>,
+    pub receipt_hash: Option<String>,
+}
+
+pub fn cause(d: &Delivery) -> Cause {
+    let detail = |k: &str| d.details.get(k).and_then(Value::as_str).map(str::to_owned);
+    let height = d.details.get("change_block_height").and_then(Value::as_i64);
+    let time = detail("change_block_time")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    match (height, detail("change_block_hash"), time) {
+        (Some(h), Some(hash), Some(t)) => Cause {
+            block_height: h,
+            block_hash: hash,
+            block_time: t,
+            tx_hash: detail("tx_hash"),
+            receipt_hash: detail("receipt_hash"),
+        },
+        _ => Cause {
+            block_height: d.block_height,
+            block_hash: d.block_hash.clone(),
+            block_time: d.block_time,
+            tx_hash: detail("tx_hash"),
+            receipt_hash: detail("receipt_hash"),
+        },
+    }
+}
+
+/// The longest on-chain string an alert shows, in characters.
+pub const MAX_SHOWN: usize = 200;
+
+/// An on-chain string (method names, receiver ids, error text) made safe to
+/// show in any output: control characters (terminal escapes, line breaks
+/// that would forge lines) become spaces, and it is cut to [`MAX_SHOWN`]
+/// characters. Markup is escaped by each renderer on top of this.
+pub fn clean(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(MAX_SHOWN)
+        .map(|c| if c.is_control() || is_bidi(c) { ' ' } else { c })
+        .collect();
+    if s.chars().nth(MAX_SHOWN).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Unicode bidirectional controls, which can make text read in another
+/// order than it is (an account id that displays as another).
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+}
+
+/// Slack mrkdwn: `&`, `<` and `>` are its control characters (`<!channel>`
+/// pings everyone, `<https://x|y>` disguises a link).
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The facts with every value cleaned (see [`clean`]).
+fn shown_facts(d: &Delivery, explorer: &str) -> Vec<(String, String, Option<String>)> {
+    facts(d, explorer)
+        .into_iter()
+        .map(|(label, value, link)| (label, clean(&value), link))
+        .collect()
+}
+
 pub fn text(ds: &[Delivery], explorer: &str) -> String {
     let mut s = String::new();
     for d in ds {
         s.push_str(&format!("{}\n\n", subject(d)));
-        for (label, value, link) in facts(d, explorer) {
+        for (label, value, link) in shown_facts(d, explorer) {
             s.push_str(&format!(
                 "{label}: {value}{}\n",
                 link.map(|l| format!(" <{l}>")).unwrap_or_default()
@@ -184,7 +293,7 @@ pub fn html(ds: &[Delivery], explorer: &str) -> String {
             "<h2 style=\"color:{color}\">{}</h2><table>",
             esc(&subject(d))
         ));
-        for (label, value, link) in facts(d, explorer) {
+        for (label, value, link) in shown_facts(d, explorer) {
             let v = match link {
                 Some(l) => format!("<a href=\"{}\">{}</a>", esc(&l), esc(&value)),
                 None => format!("<code>{}</code>", esc(&value)),
@@ -210,6 +319,7 @@ pub fn alert_json(d: &Delivery) -> Value {
         "id": d.alert_id, "rule": d.rule, "severity": d.severity, "account_id": d.account_id,
         "public_key": d.public_key, "block_height": d.block_height, "block_hash": d.block_hash,
         "block_time": d.block_time, "title": d.title, "details": d.details, "created_at": d.created_at,
+        "cause": cause(d),
     })
 }
 
@@ -228,15 +338,117 @@ pub fn slack(ds: &[Delivery], explorer: &str) -> Value {
     let lines: Vec<String> = ds
         .iter()
         .map(|d| {
-            let mut l = format!("*{}*", subject(d));
-            for (label, value, link) in facts(d, explorer) {
+            let mut l = format!("*{}*", slack_escape(&subject(d)));
+            for (label, value, link) in shown_facts(d, explorer) {
+                let value = slack_escape(&value);
                 l.push_str(&format!(
                     "\n{label}: {}",
-                    link.map(|u| format!("<{u}|{value}>")).unwrap_or(value)
+                    link.map(|u| format!("<{}|{value}>", slack_escape(&u)))
+                        .unwrap_or(value)
                 ));
             }
             l
         })
         .collect();
     json!({"text": lines.join("\n\n")})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(details: Value) -> Delivery {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        Delivery {
+            delivery_id: 1,
+            alert_id: 2,
+            dedup_key: "k".into(),
+            channel: "webhook".into(),
+            attempts: 0,
+            rule: "new_function_call_key".into(),
+            severity: "warning".into(),
+            account_id: "dao.near".into(),
+            public_key: Some("ed25519:EddTahJwZpJjYPPmat7DBm1m2vdrFBzVv7e3T4hzkENd".into()),
+            block_height: 110,
+            block_hash: "h110".into(),
+            block_time: t,
+            title: "New function-call key on dao.near".into(),
+            details,
+            created_at: t,
+            batch_id: None,
+        }
+    }
+
+    /// A permission whose receiver and method names an attacker chose.
+    fn hostile() -> Delivery {
+        let methods = format!(
+            "<!channel> <https://evil.example|dao.near> \u{1b}[2J\nFake: line \u{202e}raen.oad {}",
+            "m".repeat(5_000)
+        );
+        delivery(json!({"permission_text": methods}))
+    }
+
+    #[test]
+    fn slack_shows_hostile_strings_as_text_not_pings_or_links() {
+        let body = slack(&[hostile()], "https://nearblocks.io")["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(!body.contains("<!channel>"), "{body}");
+        assert!(!body.contains("<https://evil"), "{body}");
+        assert!(body.contains("&lt;!channel&gt;"), "{body}");
+        // our own links stay links
+        assert!(body.contains("<https://nearblocks.io/address/dao.near|dao.near>"));
+    }
+
+    #[test]
+    fn text_and_html_carry_no_control_characters_and_bounded_values() {
+        let d = hostile();
+        let t = text(std::slice::from_ref(&d), "https://nearblocks.io");
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{202e}'), "{t:?}");
+        assert!(!t.contains("\nFake: line"), "no forged line: {t}");
+        let permission = t.lines().find(|l| l.starts_with("Permission: ")).unwrap();
+        assert!(permission.chars().count() <= "Permission: ".len() + MAX_SHOWN + 1);
+        assert!(permission.ends_with('…'));
+        let h = html(&[d], "https://nearblocks.io");
+        assert!(!h.contains("<!channel>") && h.contains("&lt;!channel&gt;"));
+        assert!(!h.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn a_window_alert_names_the_change_and_the_deciding_block() {
+        let d = Delivery {
+            rule: "allowance_drain".into(),
+            ..delivery(json!({
+                "change_block_height": 100, "change_block_hash": "h100",
+                "change_block_time": "2026-11-30T09:59:54Z", "tx_hash": "T1", "receipt_hash": "R1"
+            }))
+        };
+        let t = text(std::slice::from_ref(&d), "https://x");
+        assert!(
+            t.contains("Change: block 100 at 2026-11-30 09:59:54 UTC <https://x/blocks/h100>"),
+            "{t}"
+        );
+        assert!(
+            t.contains("Decided at: 110 at 2026-11-30 10:00:00 UTC"),
+            "{t}"
+        );
+        assert!(t.contains("Transaction: T1"), "{t}");
+        let p = payload(&[d], None);
+        assert_eq!(p["version"], 1);
+        assert_eq!(p["alert"]["cause"]["block_height"], 100);
+        assert_eq!(p["alert"]["cause"]["tx_hash"], "T1");
+        assert_eq!(
+            p["alert"]["block_height"], 110,
+            "the deciding block, as before"
+        );
+        // any other alert's cause is its own block
+        let plain = delivery(json!({"tx_hash": "T2"}));
+        assert_eq!(
+            payload(&[plain], None)["alert"]["cause"]["block_height"],
+            110
+        );
+    }
 }

@@ -16,7 +16,7 @@ use crate::rpc::error::{NodeError, RpcError};
 use crate::rpc::views::ErrorEnvelope;
 
 /// How the client talks to the node(s).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RpcSettings {
     /// In failover order.
     pub urls: Vec<String>,
@@ -30,6 +30,31 @@ pub struct RpcSettings {
     pub max_response_bytes: usize,
     /// Sent as `Authorization: Bearer`; never logged.
     pub api_key: Option<SecretString>,
+}
+
+/// The urls as keywatch shows them ([`redact_url`]): a provider's key may
+/// sit in the path.
+impl std::fmt::Debug for RpcSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| match reqwest::Url::parse(u) {
+                Ok(u) => redact_url(&u),
+                Err(_) => "(invalid url)".to_owned(),
+            })
+            .collect();
+        f.debug_struct("RpcSettings")
+            .field("urls", &urls)
+            .field("timeout", &self.timeout)
+            .field("requests_per_second", &self.requests_per_second)
+            .field("attempts_per_url", &self.attempts_per_url)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("api_key", &self.api_key)
+            .finish()
+    }
 }
 
 impl Default for RpcSettings {
@@ -118,15 +143,23 @@ pub enum SetupError {
     Client(String),
 }
 
-/// Strips userinfo and query (where providers put API keys) from a url.
+/// A url as keywatch shows it anywhere (logs, errors, the database, the
+/// cli): scheme, host and port only, with "/…" when more was cut. Secrets
+/// hide in every other part: userinfo, the query (API keys), and the path
+/// (Slack webhook tokens, some RPC providers' keys).
 pub fn redact_url(url: &reqwest::Url) -> String {
-    let mut shown = url.clone();
-    // These fail only for urls that cannot carry credentials (no host), which
-    // then have none to hide.
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.set_query(None);
-    shown.to_string()
+    let host = url.host_str().unwrap_or("");
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let cut = url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some();
+    format!(
+        "{}://{host}{port}{}",
+        url.scheme(),
+        if cut { "/…" } else { "" }
+    )
 }
 
 pub fn install_crypto_provider() {
@@ -501,10 +534,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redaction_removes_keys_from_urls() {
-        let url =
-            reqwest::Url::parse("https://user:pw@rpc.example.com/near?apiKey=secret").unwrap();
-        assert_eq!(redact_url(&url), "https://rpc.example.com/near");
+    fn redaction_keeps_only_scheme_host_and_port() {
+        for (url, shown) in [
+            (
+                "https://user:pw@rpc.example.com/near?apiKey=secret",
+                "https://rpc.example.com/…",
+            ),
+            (
+                "https://hooks.slack.com/services/T0/B0/s3cr3tT0ken",
+                "https://hooks.slack.com/…",
+            ),
+            ("http://127.0.0.1:3030/", "http://127.0.0.1:3030"),
+            ("https://rpc.example.com", "https://rpc.example.com"),
+        ] {
+            assert_eq!(redact_url(&reqwest::Url::parse(url).unwrap()), shown);
+        }
     }
 
     #[test]

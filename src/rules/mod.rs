@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod repeat;
+
 use crate::config::{RuleSet, RuleSettings, Severity};
 use crate::domain::{AccessKey, AccountId, AccountState, Permission, PublicKey, Yocto};
 
@@ -132,7 +134,8 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
             continue;
         }
         let p = &after.permission;
-        let details = serde_json::json!({"permission": p.to_json(), "permission_text": permission_text(p), "tx_hash": w.tx_hash, "receipt_hash": w.receipt_hash});
+        let details = serde_json::json!({"permission": p.to_json(), "permission_text": permission_text(p), "tx_hash": w.tx_hash, "receipt_hash": w.receipt_hash,
+            "event": p.to_json().to_string()});
         if p.is_full_access() {
             if let Some(r) = enabled(f.rules, "new_full_access_key") {
                 let kind = if matches!(p, Permission::GasKeyFullAccess { .. }) {
@@ -245,7 +248,17 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
         }
     }
     if let (Some(r), Some(state)) = (enabled(f.rules, "contract_deployed"), f.contract_changed) {
-        let details = serde_json::json!({"code_hash": state.code_hash.as_str(), "global_contract_hash": state.global_contract_hash, "global_contract_account_id": state.global_contract_account_id});
+        // the code deployed is the event: X, then Y, then X again is three
+        let event = match (
+            &state.global_contract_hash,
+            &state.global_contract_account_id,
+        ) {
+            (Some(h), _) => format!("global:{h}"),
+            (None, Some(a)) => format!("global-by-account:{a}"),
+            (None, None) => state.code_hash.as_str().to_owned(),
+        };
+        let details = serde_json::json!({"code_hash": state.code_hash.as_str(), "global_contract_hash": state.global_contract_hash, "global_contract_account_id": state.global_contract_account_id,
+            "event": event});
         out.push(draft(
             f,
             "contract_deployed",
@@ -272,7 +285,7 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
             r.severity,
             None,
             format!("A change keywatch does not know on {a}"),
-            serde_json::json!({"types": f.unknown}),
+            serde_json::json!({"types": f.unknown, "event": f.unknown.join(",")}),
         ));
     }
     out

@@ -64,8 +64,8 @@ pub async fn insert_with_key(
     deliveries: &[(&str, Initial)],
 ) -> Result<Option<i64>, StoreError> {
     let id: Option<i64> = sqlx::query_scalar(
-        "insert into alerts (dedup_key, rule, severity, account_id, public_key, block_height, block_hash, block_time, title, details)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        "insert into alerts (dedup_key, rule, severity, account_id, public_key, block_height, block_hash, block_time, title, details, suppressed)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          on conflict on constraint alerts_dedup_key do nothing returning id",
     )
     .bind(dedup)
@@ -78,6 +78,12 @@ pub async fn insert_with_key(
     .bind(at.block_time)
     .bind(&d.title)
     .bind(&d.details)
+    .bind(
+        !deliveries.is_empty()
+            && deliveries
+                .iter()
+                .all(|(_, initial)| matches!(initial, Initial::Suppressed)),
+    )
     .fetch_optional(&mut *tx)
     .await?;
     let Some(id) = id else { return Ok(None) };
@@ -127,41 +133,84 @@ pub async fn next_due(
     .await?)
 }
 
-/// Whether each rule already fired for its (account, key) at a block time
-/// after its `since` (chain time), so it stays quiet within its cooldown:
-/// several questions in one statement, one answer each, in order.
-pub async fn fired_since_many(
+/// The last alert of a rule for an account and key, as the decision to
+/// fire again needs it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LastAlert {
+    pub id: i64,
+    pub block_height: i64,
+    pub details: serde_json::Value,
+    /// Whether the account's drift was corrected after this alert.
+    pub fixed_since: bool,
+}
+
+/// A question for [`last_alerts`]: the last alert of `rule` for `account`
+/// and `public_key` decided at a block time after `since`.
+pub struct AskLast<'a> {
+    pub rule: &'a str,
+    pub account: &'a str,
+    pub public_key: Option<&'a str>,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// For each question, the last alert that was not suppressed (a suppressed
+/// alert starts no cooldown): one statement, one probe of
+/// `alerts_last_of_rule` per question, one answer each, in order.
+pub const LAST_ALERTS: &str = "select q.n, l.id, l.block_height, l.details,
+            coalesce(w.drift_fixed_at > l.created_at, false) as fixed_since
+     from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+          with ordinality as q(rule, account_id, public_key, since, n)
+     left join lateral (
+         select a.id, a.block_height, a.details, a.created_at from alerts a
+         where a.account_id = q.account_id and a.rule = q.rule
+           and coalesce(a.public_key, '') = coalesce(q.public_key, '')
+           and a.block_time > q.since and not a.suppressed
+         order by a.block_time desc, a.id desc limit 1) l on true
+     left join watched_accounts w on w.account_id = q.account_id
+     order by q.n";
+
+pub async fn last_alerts(
     tx: &mut PgConnection,
-    asked: &[(&str, &str, Option<&str>, chrono::DateTime<chrono::Utc>)],
-) -> Result<Vec<bool>, StoreError> {
+    asked: &[AskLast<'_>],
+) -> Result<Vec<Option<LastAlert>>, StoreError> {
     if asked.is_empty() {
         return Ok(vec![]);
     }
-    let rules: Vec<&str> = asked.iter().map(|a| a.0).collect();
-    let accounts: Vec<&str> = asked.iter().map(|a| a.1).collect();
-    let keys: Vec<Option<&str>> = asked.iter().map(|a| a.2).collect();
-    let since: Vec<chrono::DateTime<chrono::Utc>> = asked.iter().map(|a| a.3).collect();
-    let answers: Vec<bool> = sqlx::query_scalar(
-        "select exists(select 1 from alerts a where a.rule = q.rule and a.account_id = q.account_id
-                and coalesce(a.public_key, '') = coalesce(q.public_key, '') and a.block_time > q.since)
-         from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-              with ordinality as q(rule, account_id, public_key, since, n)
-         order by q.n",
-    )
-    .bind(rules)
-    .bind(accounts)
-    .bind(keys)
-    .bind(since)
-    .fetch_all(tx)
-    .await?;
-    if answers.len() != asked.len() {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        n: i64,
+        id: Option<i64>,
+        block_height: Option<i64>,
+        details: Option<serde_json::Value>,
+        fixed_since: bool,
+    }
+    let rows: Vec<Row> = sqlx::query_as(LAST_ALERTS)
+        .bind(asked.iter().map(|a| a.rule).collect::<Vec<_>>())
+        .bind(asked.iter().map(|a| a.account).collect::<Vec<_>>())
+        .bind(asked.iter().map(|a| a.public_key).collect::<Vec<_>>())
+        .bind(asked.iter().map(|a| a.since).collect::<Vec<_>>())
+        .fetch_all(tx)
+        .await?;
+    let in_order = rows.iter().enumerate().all(|(i, r)| r.n == i as i64 + 1);
+    if rows.len() != asked.len() || !in_order {
         return Err(StoreError::Invalid(format!(
-            "the cooldown look-up answered {} of {} questions",
-            answers.len(),
+            "the last-alert look-up answered {} rows for {} questions",
+            rows.len(),
             asked.len()
         )));
     }
-    Ok(answers)
+    Ok(rows
+        .into_iter()
+        .map(|r| match (r.id, r.block_height, r.details) {
+            (Some(id), Some(block_height), Some(details)) => Some(LastAlert {
+                id,
+                block_height,
+                details,
+                fixed_since: r.fixed_since,
+            }),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Inserts alerts decided at one block, each with a delivery per channel
@@ -202,8 +251,9 @@ pub async fn insert_many(
                   as d(dedup_key, rule, severity, account_id, public_key, title, details, status, n)),
          created as (
              insert into alerts (dedup_key, rule, severity, account_id, public_key, block_height,
-                                 block_hash, block_time, title, details)
-             select dedup_key, rule, severity, account_id, public_key, $9, $10, $11, title, details
+                                 block_hash, block_time, title, details, suppressed)
+             select dedup_key, rule, severity, account_id, public_key, $9, $10, $11, title, details,
+                    status = 'suppressed'
              from drafts order by n
              on conflict on constraint alerts_dedup_key do nothing
              returning id, dedup_key),
@@ -529,6 +579,12 @@ pub struct LogRow {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The block of the change the alert is about (for a window rule,
+    /// before the deciding `block_height`), with its transaction and
+    /// receipt when known.
+    pub change_block_height: i64,
+    pub tx_hash: Option<String>,
+    pub receipt_hash: Option<String>,
 }
 
 pub async fn log(conn: &mut PgConnection) -> Result<Vec<LogRow>, StoreError> {

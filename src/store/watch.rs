@@ -383,10 +383,13 @@ pub async fn fix_requested(conn: &mut PgConnection) -> Result<Vec<AccountId>, St
 }
 
 pub async fn clear_fix(tx: &mut PgConnection, account: &AccountId) -> Result<(), StoreError> {
-    sqlx::query("update watched_accounts set fix_requested_at = null where account_id = $1")
-        .bind(account.as_str())
-        .execute(tx)
-        .await?;
+    sqlx::query(
+        "update watched_accounts set fix_requested_at = null, drift_fixed_at = now()
+         where account_id = $1",
+    )
+    .bind(account.as_str())
+    .execute(tx)
+    .await?;
     Ok(())
 }
 

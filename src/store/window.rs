@@ -11,14 +11,12 @@ use crate::store::StoreError;
 
 /// The block `$2` stored blocks below height `$1` (blocks skipped by a gap
 /// do not count).
-pub const SETTLED_BLOCK: &str =
-    "select block_height, block_hash from blocks where block_height <= $1
-     order by block_height desc offset $2 limit 1";
+pub const SETTLED_BLOCK: &str = "select block_height, block_hash, block_timestamp_ns from blocks
+     where block_height <= $1 order by block_height desc offset $2 limit 1";
 
 /// The last `$2` stored blocks at or below height `$1`, newest first.
-pub const BLOCKS_UP_TO: &str =
-    "select block_height, block_hash from blocks where block_height <= $1
-     order by block_height desc limit $2";
+pub const BLOCKS_UP_TO: &str = "select block_height, block_hash, block_timestamp_ns from blocks
+     where block_height <= $1 order by block_height desc limit $2";
 
 /// Function-call and gas keys a block's chain writes touched.
 pub const KEYS_WRITTEN_AT: &str = "select distinct account_id, public_key from key_events
@@ -36,16 +34,19 @@ pub const ACCOUNTS_WRITTEN_AT: &str = "select distinct account_id from balance_e
 /// landed in (`$5`, `$4`], write by write (a refund; a decrease there is
 /// judged at its own deciding block, and a re-addition after a deletion is
 /// no increase); and its value at the start of its window, which begins no
-/// earlier than its last addition at or before `$5`: the value at the last
-/// block at or before that time or, when keywatch knows nothing of the key
-/// that early, the earliest value it knows. Every look-up is one probe of
-/// an index, or a range of it no longer than the settle delay.
-pub const KEYS_IN_WINDOW: &str = "select r.n, at.action, at.allowance, at.gas_key_balance,
+/// earlier than its last addition at or before `$5` nor before the
+/// tracking period `$5` is in (a value from before a `watch remove` /
+/// `watch add` or an accepted gap is never compared with): the value at
+/// the last block at or before that time or, when keywatch knows nothing
+/// of the key that early in the period, the earliest value it knows in it.
+/// Every look-up is one probe of an index, or a range of it no longer than
+/// the settle delay.
+pub const KEYS_IN_WINDOW: &str = "select r.n, at.action, at.allowance, at.gas_key_balance, at.tx_hash, at.receipt_hash,
             up.allowance as refunded_allowance, up.gas_key_balance as refunded_gas_key_balance,
             before.allowance as before_allowance, before.gas_key_balance as before_gas_key_balance
      from unnest($1::text[], $2::text[], $3::bigint[]) with ordinality as r(account_id, public_key, window_start, n)
      left join lateral (
-         select action, allowance, gas_key_balance from key_events
+         select action, allowance, gas_key_balance, tx_hash, receipt_hash from key_events
          where account_id = r.account_id and public_key = r.public_key and block_height <= $5
            and action <> 'nonce_slot'
          order by block_height desc, source_rank desc, index_in_block desc limit 1) at on true
@@ -66,18 +67,24 @@ pub const KEYS_IN_WINDOW: &str = "select r.n, at.action, at.allowance, at.gas_ke
            and e.block_height <= $5
          order by e.block_height desc limit 1) added on true
      left join lateral (
+         select coalesce((select from_height from tracking_spans
+                          where account_id = r.account_id and from_height <= $5
+                          order by from_height desc limit 1), -1) as from_height) span on true
+     left join lateral (
          select coalesce((select block_height from blocks
                           where block_timestamp_ns <= greatest(r.window_start, added.added_ns)
                           order by block_timestamp_ns desc limit 1), -1) as height) start on true
      left join lateral (
          (select allowance, gas_key_balance, 0 as later from key_events
           where account_id = r.account_id and public_key = r.public_key
-            and action <> 'nonce_slot' and action <> 'deleted' and block_height <= start.height
+            and action <> 'nonce_slot' and action <> 'deleted'
+            and block_height <= start.height and block_height >= span.from_height
           order by block_height desc, source_rank desc, index_in_block desc limit 1)
          union all
          (select allowance, gas_key_balance, 1 as later from key_events
           where account_id = r.account_id and public_key = r.public_key
-            and action <> 'nonce_slot' and action <> 'deleted' and block_height > start.height
+            and action <> 'nonce_slot' and action <> 'deleted'
+            and block_height > start.height and block_height >= span.from_height
           order by block_height, source_rank, index_in_block limit 1)
          order by later limit 1) before on true
      order by r.n";
@@ -87,13 +94,15 @@ pub const KEYS_IN_WINDOW: &str = "select r.n, at.action, at.allowance, at.gas_ke
 /// `$4`: its last balance write at or before `$4` (`deleted` null if none),
 /// every increase of its amount that landed in (`$4`, `$3`], write by
 /// write, and its balance at the last block at or before its window's
-/// start, or the earliest one keywatch knows.
-pub const BALANCES_IN_WINDOW: &str = "select r.n, at.amount, at.locked, at.deleted,
+/// start, or the earliest one keywatch knows, both within the tracking
+/// period `$4` is in.
+pub const BALANCES_IN_WINDOW: &str =
+    "select r.n, at.amount, at.locked, at.deleted, at.tx_hash, at.receipt_hash,
             up.amount as refunded_amount,
             before.amount as before_amount, before.locked as before_locked
      from unnest($1::text[], $2::bigint[]) with ordinality as r(account_id, window_start, n)
      left join lateral (
-         select amount, locked, deleted from balance_events
+         select amount, locked, deleted, tx_hash, receipt_hash from balance_events
          where account_id = r.account_id and block_height <= $4
          order by block_height desc, source_rank desc, index_in_block desc limit 1) at on true
      left join lateral (
@@ -103,25 +112,39 @@ pub const BALANCES_IN_WINDOW: &str = "select r.n, at.amount, at.locked, at.delet
                where account_id = r.account_id and block_height > $4 and block_height <= $3
                window w as (order by block_height, source_rank, index_in_block)) x) up on true
      left join lateral (
+         select coalesce((select from_height from tracking_spans
+                          where account_id = r.account_id and from_height <= $4
+                          order by from_height desc limit 1), -1) as from_height) span on true
+     left join lateral (
          select coalesce((select block_height from blocks where block_timestamp_ns <= r.window_start
                           order by block_timestamp_ns desc limit 1), -1) as height) start on true
      left join lateral (
          (select amount, locked, 0 as later from balance_events
-          where account_id = r.account_id and not deleted and block_height <= start.height
+          where account_id = r.account_id and not deleted
+            and block_height <= start.height and block_height >= span.from_height
           order by block_height desc, source_rank desc, index_in_block desc limit 1)
          union all
          (select amount, locked, 1 as later from balance_events
-          where account_id = r.account_id and not deleted and block_height > start.height
+          where account_id = r.account_id and not deleted
+            and block_height > start.height and block_height >= span.from_height
           order by block_height, source_rank, index_in_block limit 1)
          order by later limit 1) before on true
      order by r.n";
 
-/// The settled block's (height, hash).
+/// A stored block's height, hash and time (ns).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredBlock {
+    pub block_height: i64,
+    pub block_hash: String,
+    pub block_timestamp_ns: i64,
+}
+
+/// The settled block.
 pub async fn settled_block(
     conn: &mut PgConnection,
     height: i64,
     settle: u32,
-) -> Result<Option<(i64, String)>, StoreError> {
+) -> Result<Option<StoredBlock>, StoreError> {
     Ok(sqlx::query_as(SETTLED_BLOCK)
         .bind(height)
         .bind(i64::from(settle))
@@ -133,7 +156,7 @@ pub async fn blocks_up_to(
     conn: &mut PgConnection,
     height: i64,
     count: i64,
-) -> Result<Vec<(i64, String)>, StoreError> {
+) -> Result<Vec<StoredBlock>, StoreError> {
     Ok(sqlx::query_as(BLOCKS_UP_TO)
         .bind(height)
         .bind(count)
@@ -176,6 +199,9 @@ pub struct KeyWindow {
     pub action: Option<String>,
     pub allowance: Option<BigDecimal>,
     pub gas_key_balance: Option<BigDecimal>,
+    /// The transaction and receipt of that last write (the change judged).
+    pub tx_hash: Option<String>,
+    pub receipt_hash: Option<String>,
     /// Increases (refunds) after the settled write, up to the judged height.
     pub refunded_allowance: BigDecimal,
     pub refunded_gas_key_balance: BigDecimal,
@@ -223,6 +249,9 @@ pub struct BalanceWindow {
     pub locked: Option<BigDecimal>,
     /// `None` when the account has no balance write at or before the height.
     pub deleted: Option<bool>,
+    /// The transaction and receipt of that last write (the change judged).
+    pub tx_hash: Option<String>,
+    pub receipt_hash: Option<String>,
     /// Increases after the settled write, up to the judged height.
     pub refunded_amount: BigDecimal,
     pub before_amount: Option<BigDecimal>,

@@ -348,12 +348,17 @@ async fn alerts_test_sends_a_signed_test_alert_through_the_webhook() {
     let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("keywatch.toml");
-    std::fs::write(&config, format!("[rpc]\nurls = [\"http://127.0.0.1:1/\"]\n[notify.webhook]\nenabled = true\nurl = {:?}\n", hook.url)).unwrap();
+    std::fs::write(
+        &config,
+        "[rpc]\nurls = [\"http://127.0.0.1:1/\"]\n[notify.webhook]\nenabled = true\n",
+    )
+    .unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
         .arg("--config")
         .arg(&config)
         .args(["alerts", "test", "--channel", "webhook"])
         .env("KEYWATCH__NOTIFY__WEBHOOK__SECRET", "s")
+        .env("KEYWATCH__NOTIFY__WEBHOOK__URL", &hook.url)
         .output()
         .await
         .unwrap();
@@ -381,6 +386,7 @@ async fn alerts_test_sends_a_signed_test_alert_through_the_webhook() {
         .arg("--config")
         .arg(&config)
         .args(["alerts", "test", "--channel", "email"])
+        .env("KEYWATCH__NOTIFY__WEBHOOK__URL", &hook.url)
         .output()
         .await
         .unwrap();

@@ -222,6 +222,104 @@ fn secrets_come_from_env_or_files_never_from_the_config() {
 }
 
 #[test]
+fn the_webhook_url_is_a_secret_and_debug_of_the_settings_shows_no_secret() {
+    let slack = "https://hooks.slack.com/services/T000/B000/XyZs3cr3tT0ken";
+    let hook = |extra: &str| {
+        shipped().replace(
+            "[notify.webhook]\nenabled = false",
+            &format!("[notify.webhook]\nenabled = true\n{extra}"),
+        )
+    };
+    let p = problems(&hook(&format!("url = {slack:?}")), &[]);
+    assert!(
+        p.iter().any(|x| x.starts_with(
+            "notify.webhook.url: secrets are not read from the config file: set KEYWATCH__NOTIFY__WEBHOOK__URL"
+        )),
+        "{p:?}"
+    );
+    assert!(p.iter().all(|x| !x.contains("XyZs3cr3tT0ken")), "{p:?}");
+    let p = problems(&hook(""), &[]);
+    assert!(
+        p.iter().any(|x| x.starts_with(
+            "notify.webhook.url: is required when the webhook is enabled: set KEYWATCH__NOTIFY__WEBHOOK__URL"
+        )),
+        "{p:?}"
+    );
+    let p = problems(
+        &hook(""),
+        &[("KEYWATCH__NOTIFY__WEBHOOK__URL", "ftp://x/s3cr3tpath")],
+    );
+    assert_eq!(p, ["notify.webhook.url: scheme must be http or https"]);
+
+    // every secret set, and an rpc url with a key in its path
+    let text = hook("").replace(
+        "urls = [\"https://free.rpc.fastnear.com\", \"https://near.lava.build\"]",
+        "urls = [\"https://rpc.example.com/v1/RpcK3yInPath?key=RpcK3yInQuery\"]",
+    );
+    let s = load(
+        &text,
+        &[
+            ("KEYWATCH__NOTIFY__WEBHOOK__URL", slack),
+            ("KEYWATCH__NOTIFY__WEBHOOK__SECRET", "Hm4cS3cret"),
+            ("KEYWATCH__RPC__API_KEY", "ApiK3ySecret"),
+            ("DATABASE_URL", "postgres://kw:DbPassw0rd@db/keywatch"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.notify.webhook.as_ref().unwrap().url.as_str(), slack);
+    let shown = format!("{s:?}");
+    for secret in [
+        "XyZs3cr3tT0ken",
+        "Hm4cS3cret",
+        "ApiK3ySecret",
+        "DbPassw0rd",
+        "RpcK3yInPath",
+        "RpcK3yInQuery",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(shown.contains("https://hooks.slack.com/…"), "{shown}");
+}
+
+#[test]
+fn plain_smtp_is_refused_with_a_password_or_beyond_loopback() {
+    let email = |lines: &str| {
+        shipped()
+            .replace(
+                "[notify.email]\nenabled = false",
+                "[notify.email]\nenabled = true\nfrom = \"kw <kw@example.com>\"",
+            )
+            .replace("to = []", "to = [\"ops@example.com\"]")
+            .replace("\nhost = \"127.0.0.1\"\n", "\n")
+            .replace("tls = \"starttls\"\nallow_insecure = false", lines)
+    };
+    let p = problems(&email("tls = \"none\"\nhost = \"smtp.example.com\""), &[]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(
+            "notify.email.tls: \"none\" sends alerts in clear to \"smtp.example.com\""
+        ),
+        "{p:?}"
+    );
+    load(
+        &email("tls = \"none\"\nhost = \"smtp.example.com\"\nallow_insecure = true"),
+        &[],
+    )
+    .unwrap();
+    for host in ["127.0.0.1", "localhost", "::1"] {
+        load(&email(&format!("tls = \"none\"\nhost = {host:?}")), &[]).unwrap();
+    }
+    let p = problems(
+        &email("tls = \"none\"\nhost = \"127.0.0.1\"\nusername = \"kw\"\nallow_insecure = true"),
+        &[("KEYWATCH__NOTIFY__EMAIL__PASSWORD", "pw")],
+    );
+    assert_eq!(
+        p,
+        ["notify.email.tls: \"none\" would send the password in clear: use starttls or implicit"]
+    );
+}
+
+#[test]
 fn a_budget_too_small_for_mainnet_is_refused() {
     let p = problems(
         &shipped().replace("requests_per_second = 15", "requests_per_second = 2"),

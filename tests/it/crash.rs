@@ -483,3 +483,45 @@ async fn demo_plays_the_attack_story_end_to_end() {
             .unwrap();
     assert_eq!(left, 0, "the scratch database is dropped");
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_deleted_account_s_history_is_backfilled_with_no_extra_flag(pool: PgPool) {
+    // bob.near is deleted at 1028; the head is past it
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml");
+    let sim = Simulator::start(
+        keywatch::sim::Scenario::load(&path).unwrap(),
+        SimOptions::default(),
+    )
+    .await
+    .unwrap();
+    sim.run_to_end();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[[accounts]]\nid = \"bob.near\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let db = database_url(&pool);
+    let out = keywatch(&cfg, &db, &["backfill", "--from", "1001", "--to", "1030"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deleted: Vec<i64> = sqlx::query_scalar(
+        "select block_height from balance_history where account_id = 'bob.near' and deleted",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(deleted, [1028], "the deletion is in bob.near's history");
+    let allow_missing: bool = sqlx::query_scalar(
+        "select allow_missing from watched_accounts where account_id = 'bob.near'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!allow_missing, "it existed where its baseline was read");
+}

@@ -12,6 +12,7 @@ pub mod ingest;
 mod parsers;
 mod pgcluster;
 mod proxy;
+mod repeats;
 mod rpc_client;
 pub mod samples;
 mod sim;

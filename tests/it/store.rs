@@ -574,3 +574,39 @@ async fn a_database_never_migrated_has_no_live_leader(pool: PgPool) {
         None
     );
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn unknown_changes_of_two_accounts_at_the_same_index_are_both_kept(pool: PgPool) {
+    use keywatch::store::keys::{UnknownRow, insert_unknown_changes};
+    let h = header(7);
+    let (a, b) = (account("a.near"), account("b.near"));
+    let hash = h.hash.to_string();
+    // the same type at the same index for two accounts, and twice without one
+    let rows: Vec<UnknownRow<'_>> = [Some(&a), Some(&b), None, None]
+        .into_iter()
+        .map(|account_id| UnknownRow {
+            account_id,
+            block_height: 7,
+            block_hash: &hash,
+            index_in_block: 0,
+            change_type: "future_change",
+            raw: serde_json::json!({"type": "future_change"}),
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    store::insert_block(&mut tx, &h).await.unwrap();
+    insert_unknown_changes(&mut tx, &rows).await.unwrap();
+    // a replay adds nothing
+    insert_unknown_changes(&mut tx, &rows).await.unwrap();
+    tx.commit().await.unwrap();
+    let kept: Vec<Option<String>> =
+        sqlx::query_scalar("select account_id from unknown_changes order by account_id nulls last")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kept,
+        [Some("a.near".to_owned()), Some("b.near".to_owned()), None],
+        "each account's change kept, one row for the same change without an account"
+    );
+}
