@@ -9,7 +9,7 @@ where exists (select 1 from alert_deliveries d where d.alert_id = a.id)
                   where d.alert_id = a.id and d.status <> 'suppressed');
 
 -- the last alert of a rule for an account and key: one probe per question
-create index alerts_last_of_rule on alerts (account_id, rule, (coalesce(public_key, '')), block_time desc)
+create index alerts_last_of_rule on alerts (account_id, rule, (coalesce(public_key, '')), block_time desc, id desc)
     where not suppressed;
 
 -- when the follower last corrected an account's drift: the same difference

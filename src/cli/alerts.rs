@@ -17,17 +17,35 @@ pub async fn list(config: &Path, json: bool) -> CmdResult {
     let unsent = crate::store::alerts::undelivered(&mut conn)
         .await
         .context("reading alerts")?;
+    let silences = crate::store::silences::current(&mut conn, chrono::Utc::now())
+        .await
+        .context("reading silences")?;
     if json {
         let unsent: Vec<_> = unsent
             .iter()
             .map(|(id, rule, sev, title, h)| serde_json::json!({"alert_id": id, "rule": rule, "severity": sev, "title": title, "block_height": h, "channel": null, "status": "no channel"}))
             .collect();
-        let all = serde_json::json!({"deliveries": rows, "without_channel": unsent});
+        let all = serde_json::json!({"deliveries": rows, "without_channel": unsent, "silences": silences});
         println!(
             "{}",
             serde_json::to_string_pretty(&all).context("encoding json")?
         );
         return Ok(());
+    }
+    for s in &silences {
+        println!(
+            "silence #{} on {} ({}) until {} UTC: {}{}",
+            s.id,
+            s.account_id,
+            s.rule.as_deref().unwrap_or("all rules"),
+            s.ends_at.format("%Y-%m-%d %H:%M:%S"),
+            crate::notify::render::clean(&s.reason),
+            if s.announced_at.is_some() {
+                ""
+            } else {
+                " (not in effect until the leader announces it)"
+            }
+        );
     }
     if rows.is_empty() && unsent.is_empty() {
         println!("no alerts");
@@ -64,6 +82,59 @@ pub async fn list(config: &Path, json: bool) -> CmdResult {
         let title = crate::notify::render::clean(title);
         println!("#{id} [{sev}] {title} (block {h})  no channel configured");
     }
+    Ok(())
+}
+
+/// The longest silence: one always ends by itself.
+const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+
+pub async fn silence(
+    config: &Path,
+    raw_account: &str,
+    rule: Option<&str>,
+    duration: std::time::Duration,
+    reason: &str,
+) -> CmdResult {
+    let account = crate::cli::parse_account(raw_account)?;
+    if let Some(r) = rule
+        && !crate::config::rules::rule_names().any(|n| n == r)
+    {
+        return Err(bad_input(format!(
+            "unknown rule {r:?} (expected one of {})",
+            crate::config::rules::rule_names()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if rule == Some("silence_started") {
+        return Err(bad_input("silence_started cannot be silenced"));
+    }
+    if duration.is_zero() || duration > MAX_SILENCE {
+        return Err(bad_input(format!(
+            "--for {}: a silence lasts more than 0 and at most 30 days",
+            humantime::format_duration(duration)
+        )));
+    }
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(bad_input(
+            "--reason is required: it is shown with every silenced alert",
+        ));
+    }
+    let settings = load_settings(config)?;
+    let pool = connect(&settings).await?;
+    let mut conn = pool.acquire().await.context("connecting")?;
+    let ends_at =
+        chrono::Utc::now() + chrono::Duration::from_std(duration).context("the duration")?;
+    let id = crate::store::silences::add(&mut conn, account.as_str(), rule, ends_at, reason)
+        .await
+        .context("recording the silence")?;
+    println!(
+        "silence #{id}: {} on {account} until {} UTC ({reason}). It takes effect once the running leader has announced it on every channel.",
+        rule.map(|r| format!("{r} alerts"))
+            .unwrap_or_else(|| "all alerts".into()),
+        ends_at.format("%Y-%m-%d %H:%M:%S")
+    );
     Ok(())
 }
 

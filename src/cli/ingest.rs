@@ -9,7 +9,7 @@ use crate::cli::{
 };
 use crate::config::{Settings, StartAt};
 use crate::ingest::IngestError;
-use crate::ingest::baseline::{TrackError, init_cursor, start_tracking};
+use crate::ingest::baseline::{TrackError, init_cursor, start_tracking_from};
 use crate::ingest::follower::{FollowOptions, follow};
 use crate::rpc::RpcClient;
 use crate::store::watch::NewWatch;
@@ -18,11 +18,13 @@ pub(crate) fn ingest_failure(e: IngestError) -> Failure {
     Failure::Other(anyhow::Error::new(e))
 }
 
-/// Upserts the config's `[[accounts]]` into the watch list.
+/// Upserts the config's `[[accounts]]` into the watch list; with no cursor
+/// yet, each must exist where the first cursor will be (`first`).
 pub(crate) async fn upsert_accounts(
     settings: &Settings,
     pool: &sqlx::PgPool,
     rpc: &RpcClient,
+    first: StartAt,
 ) -> Result<(), Failure> {
     for allow_missing in [false, true] {
         let watches: Vec<NewWatch> = settings
@@ -40,14 +42,21 @@ pub(crate) async fn upsert_accounts(
         if watches.is_empty() {
             continue;
         }
-        start_tracking(pool, rpc, &settings.rpc.chain_id, &watches, allow_missing)
-            .await
-            .map_err(|e| match e {
-                TrackError::Missing { .. } => bad_input(format!(
-                    "{e} (set allow_missing = true on the [[accounts]] entry)"
-                )),
-                other => Failure::Other(other.into()),
-            })?;
+        start_tracking_from(
+            pool,
+            rpc,
+            &settings.rpc.chain_id,
+            &watches,
+            allow_missing,
+            first,
+        )
+        .await
+        .map_err(|e| match e {
+            TrackError::Missing { .. } => bad_input(format!(
+                "{e} (set allow_missing = true on the [[accounts]] entry)"
+            )),
+            other => Failure::Other(other.into()),
+        })?;
     }
     Ok(())
 }
@@ -83,6 +92,10 @@ pub async fn backfill(config: &Path, from: u64, to: Option<u64>) -> CmdResult {
     }
     let settings = load_settings(config)?;
     let (pool, rpc) = connect_rpc(&settings).await?;
+    // Before any cursor: each account must exist where its baseline will
+    // be read (the start block), not at the head, so the history of an
+    // account deleted since can be backfilled; nothing is written if not.
+    upsert_accounts(&settings, &pool, &rpc, StartAt::Height(from)).await?;
     match crate::store::cursor(&pool)
         .await
         .context("reading the cursor")?
@@ -102,10 +115,6 @@ pub async fn backfill(config: &Path, from: u64, to: Option<u64>) -> CmdResult {
     init_cursor(&pool, &rpc, StartAt::Height(from))
         .await
         .map_err(ingest_failure)?;
-    // The accounts after the cursor: each must exist where its baseline is
-    // read (the start block), not at the head, so the history of an
-    // account deleted since can be backfilled.
-    upsert_accounts(&settings, &pool, &rpc).await?;
     let base = FollowOptions {
         until_height: to,
         exit_when_caught_up: to.is_none(),
@@ -173,7 +182,11 @@ pub async fn reconcile(config: &Path, raw: &[String]) -> CmdResult {
         }
     };
     for d in &report.differences {
-        println!("drift on {}: {}", d.account, d.what);
+        println!(
+            "drift on {}: {}",
+            d.account,
+            crate::notify::render::clean(&d.what)
+        );
     }
     if report.differences.is_empty() {
         println!(

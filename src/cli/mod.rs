@@ -88,6 +88,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Planned changes without noise: alerts for ACCOUNT (or one rule of it)
+    /// are decided and recorded, not sent, for a while. The running leader
+    /// announces the silence on every channel before it takes effect.
+    Silence {
+        account: String,
+        /// Only this rule (default: every rule).
+        #[arg(long)]
+        rule: Option<String>,
+        /// How long, e.g. 2h (at most 30 days).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Why: shown in the announcement and on every silenced alert.
+        #[arg(long)]
+        reason: String,
+    },
     /// The configured rules.
     #[command(subcommand)]
     Rules(RulesAction),
@@ -245,6 +260,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Rules(RulesAction::Test { from, to }) => {
             alerts::rules_test(&cli.config, from, to).await
         }
+        Command::Silence {
+            account,
+            rule,
+            duration,
+            reason,
+        } => alerts::silence(&cli.config, &account, rule.as_deref(), duration, &reason).await,
         Command::Demo { fast } => demo::demo(&cli.config, fast).await,
         Command::Backfill { from, to } => ingest::backfill(&cli.config, from, to).await,
         Command::Reconcile { accounts } => ingest::reconcile(&cli.config, &accounts).await,

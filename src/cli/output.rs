@@ -23,14 +23,16 @@ fn describe_key(k: &KeyInfo) -> String {
         }
         _ => {}
     }
+    // receiver and method names are chosen by whoever added the key
+    let clean = crate::notify::render::clean;
     if let Some(r) = &k.receiver_id {
-        parts.push(format!("receiver {r}"));
+        parts.push(format!("receiver {}", clean(r)));
     }
     if let Some(m) = &k.method_names {
         parts.push(if m.is_empty() {
             "any method".into()
         } else {
-            format!("methods {}", m.join(","))
+            format!("methods {}", clean(&m.join(",")))
         });
     }
     parts.push(format!("nonce {}", k.nonce));

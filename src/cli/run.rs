@@ -315,6 +315,10 @@ async fn prepare(s: &Service) -> Result<(), Failure> {
         .verify_chain(&s.settings.rpc.chain_id)
         .await
         .context("checking the rpc node")?;
+    // Each account must exist where its baseline is read (the cursor; on a
+    // first start the start block), not at the head, so the history of an
+    // account deleted since can be followed; nothing is written if not.
+    upsert_accounts(&s.settings, &s.pool, &s.rpc, s.settings.ingest.start).await?;
     let existing = crate::store::cursor(&s.pool)
         .await
         .context("reading the cursor")?;
@@ -330,10 +334,6 @@ async fn prepare(s: &Service) -> Result<(), Failure> {
     let cursor = init_cursor(&s.pool, &s.rpc, s.settings.ingest.start)
         .await
         .map_err(ingest_failure)?;
-    // The accounts after the cursor: each must exist where its baseline is
-    // read (the cursor, on a first start the start block), not at the head,
-    // so the history of an account deleted since can be followed.
-    upsert_accounts(&s.settings, &s.pool, &s.rpc).await?;
     tracing::info!(cursor = cursor.height, "following the chain");
     Ok(())
 }

@@ -149,6 +149,11 @@ const RULES: &[RuleDef] = &[
         severity: Severity::Critical,
         extras: Extras::None,
     },
+    RuleDef {
+        name: "silence_started",
+        severity: Severity::Warning,
+        extras: Extras::None,
+    },
 ];
 
 pub fn rule_names() -> impl Iterator<Item = &'static str> {

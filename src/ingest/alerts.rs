@@ -3,7 +3,7 @@
 //! balance drop) on the block `settle_blocks` blocks back, judged on net
 //! change in chain time. Drafts become outbox rows in the same transaction.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use crate::ingest::IngestError;
 use crate::ingest::recent::{Recent, Written};
 use crate::rules::repeat::{Again, Previous, Repeat, again, mark_further};
 use crate::rules::{AlertDraft, BlockFacts, KeyWrite, WindowValues, evaluate_block, window_drop};
-use crate::store::alerts::{AskLast, Decided, insert_many, last_alerts};
+use crate::store::alerts::{AskLast, Decided, Disposition, insert_many, last_alerts};
 use crate::store::convert::{height_to_i64, ns_to_time, numeric_to_yocto};
 use crate::store::window;
 
@@ -136,7 +136,13 @@ pub async fn queue(
         block_time,
     };
     let mut drafts = drafts;
-    let kept = decide_repeats(tx, &mut drafts, block_time, header.height).await?;
+    let kept = decide_repeats(tx, &mut drafts, block_time).await?;
+    let accounts: Vec<&str> = drafts.iter().map(|(d, _)| d.account_id.as_str()).collect();
+    let silences = if accounts.is_empty() {
+        vec![]
+    } else {
+        crate::store::silences::active(tx, &accounts, now).await?
+    };
     let mut queued = Vec::new();
     for ((d, _), keep) in drafts.iter_mut().zip(kept) {
         if !keep {
@@ -145,9 +151,23 @@ pub async fn queue(
         if late && let Some(obj) = d.details.as_object_mut() {
             obj.insert("late".into(), serde_json::Value::Bool(true));
         }
-        // Alerts about keywatch itself are news whatever the block's age.
-        let send = recent || matches!(d.rule, "ingest_stalled" | "state_drift");
-        queued.push((&*d, send));
+        let silence = silences.iter().find(|s| {
+            d.rule != "silence_started"
+                && s.account_id == d.account_id
+                && s.rule.as_deref().is_none_or(|r| r == d.rule)
+        });
+        // Alerts about keywatch itself, and silences, are news whatever the
+        // block's age.
+        let outcome = if let Some(s) = silence {
+            d.details["silenced"] =
+                serde_json::json!({"silence_id": s.id, "reason": s.reason, "until": s.ends_at});
+            Disposition::Silence
+        } else if recent || matches!(d.rule, "ingest_stalled" | "state_drift" | "silence_started") {
+            Disposition::Send
+        } else {
+            Disposition::Suppress
+        };
+        queued.push((&*d, outcome));
     }
     let created = insert_many(tx, &queued, &at, &ctx.channels).await?;
     crate::metrics::add(&crate::metrics::METRICS.alerts, created);
@@ -155,14 +175,13 @@ pub async fn queue(
 }
 
 /// Which drafts fire, given the last alert of each one's rule, account and
-/// key (all asked at once) or an earlier draft of this block kept for the
-/// same, as asking one by one after each insert would find. Drafts that
-/// fire again because their value fell further are marked so.
+/// key (all asked at once); a draft repeating one kept earlier in this
+/// block is quiet, unless its rule speaks per event or per change. Drafts
+/// that fire again because their value fell further are marked so.
 async fn decide_repeats(
     tx: &mut PgConnection,
     drafts: &mut [(AlertDraft, Repeat)],
     block_time: chrono::DateTime<chrono::Utc>,
-    height: u64,
 ) -> Result<Vec<bool>, IngestError> {
     let asked: Vec<AskLast> = drafts
         .iter()
@@ -170,36 +189,30 @@ async fn decide_repeats(
             rule: d.rule,
             account: d.account_id.as_str(),
             public_key: d.public_key.as_deref(),
-            since: match repeat.lookback() {
-                Some(c) => {
-                    block_time - chrono::Duration::from_std(c).unwrap_or(chrono::Duration::MAX)
-                }
-                None => chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
-            },
+            // forever, or a cooldown too long to subtract: since 1970
+            since: repeat
+                .lookback()
+                .and_then(|c| chrono::Duration::from_std(c).ok())
+                .and_then(|c| block_time.checked_sub_signed(c))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH),
         })
         .collect();
     let last = last_alerts(tx, &asked).await?;
-    let mut kept_here: HashMap<(&str, String, Option<String>), serde_json::Value> = HashMap::new();
+    let mut kept_here: HashSet<(&str, String, Option<String>)> = HashSet::new();
     let mut keep = Vec::with_capacity(drafts.len());
-    let this_block = height_to_i64("height", height)?;
     for ((d, repeat), last) in drafts.iter_mut().zip(last) {
         let key = (d.rule, d.account_id.clone(), d.public_key.clone());
-        let earlier_here = kept_here.get(&key).cloned();
-        let previous = match (&earlier_here, &last) {
-            (Some(details), _) => Some(Previous {
-                id: 0,
-                block_height: this_block,
-                details,
-                corrected_since: false,
-            }),
-            (None, Some(l)) => Some(Previous {
-                id: l.id,
-                block_height: l.block_height,
-                details: &l.details,
-                corrected_since: l.fixed_since,
-            }),
-            (None, None) => None,
-        };
+        if kept_here.contains(&key) && !matches!(repeat, Repeat::EveryChange | Repeat::SameEvent) {
+            // said already in this block (its dedup key would be the same)
+            keep.push(false);
+            continue;
+        }
+        let previous = last.as_ref().map(|l| Previous {
+            id: l.id,
+            block_height: l.block_height,
+            details: &l.details,
+            corrected_since: l.fixed_since,
+        });
         let fires = match again(*repeat, d, previous) {
             Again::Fire => true,
             Again::Quiet => false,
@@ -213,7 +226,7 @@ async fn decide_repeats(
             }
         };
         if fires {
-            kept_here.insert(key, d.details.clone());
+            kept_here.insert(key);
         }
         keep.push(fires);
     }
@@ -527,6 +540,7 @@ fn balance_drop(
         ),
         details: serde_json::json!({"account_id": account, "before": b_amount.to_string(), "now": now_amount.to_string(),
             "tx_hash": tx_hash, "receipt_hash": receipt_hash,
+            "value": Yocto(now_amount.0.saturating_add(v.locked_increase.0)).to_string(),
             "drop": drop.to_string(), "percent": pct, "window": r.window.map(|w| humantime::format_duration(w).to_string())}),
     }))
 }

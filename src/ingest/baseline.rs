@@ -102,12 +102,35 @@ pub async fn start_tracking(
     watches: &[NewWatch],
     allow_missing: bool,
 ) -> Result<Vec<Tracked>, TrackError> {
+    start_tracking_from(pool, rpc, chain, watches, allow_missing, StartAt::Latest).await
+}
+
+/// [`start_tracking`] where, with no cursor yet, the first cursor will be
+/// at `first`: the accounts must exist at the block their baselines will be
+/// read at (the parent of the first block), not at the head, so the
+/// history of an account deleted since can be followed. Nothing is written
+/// before that is known.
+pub async fn start_tracking_from(
+    pool: &PgPool,
+    rpc: &RpcClient,
+    chain: &str,
+    watches: &[NewWatch],
+    allow_missing: bool,
+    first: StartAt,
+) -> Result<Vec<Tracked>, TrackError> {
     let mut last_reads = None;
     for _ in 0..CURSOR_RACE_ATTEMPTS {
         let cursor = store::cursor(pool).await.map_err(IngestError::from)?;
-        let (block, at) = match &cursor {
-            Some(c) => (cursor_ref(c)?, format!("block {}", c.height)),
-            None => (BlockRef::Final, "the final block".to_owned()),
+        let (block, at) = match (&cursor, first) {
+            (Some(c), _) => (cursor_ref(c)?, format!("block {}", c.height)),
+            (None, StartAt::Latest) => (BlockRef::Final, "the final block".to_owned()),
+            (None, StartAt::Height(h)) => {
+                let (_, parent) = first_block(rpc, first).await?;
+                (
+                    BlockRef::Hash(parent.hash.clone()),
+                    format!("block {} (following starts at {h})", parent.height),
+                )
+            }
         };
         let mut reads = Vec::new();
         for w in watches {

@@ -186,6 +186,9 @@ pub async fn follow_into(
         // baselines of newly watched accounts and corrections of drift.
         ensure_baselines(pool, rpc).await?;
         apply_fixes(pool, rpc, 10).await?;
+        if let Some(ctx) = alerts {
+            crate::ingest::silences::announce_silences(pool, ctx).await?;
+        }
         let cursor = store::cursor(pool)
             .await?
             .ok_or_else(|| IngestError::Invalid("the cursor disappeared".into()))?;

@@ -26,6 +26,7 @@ pub mod recent;
 pub mod reconcile;
 pub mod replay;
 pub mod requests;
+pub mod silences;
 pub mod supervise;
 pub mod watchdog;
 

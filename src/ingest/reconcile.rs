@@ -28,21 +28,11 @@ pub struct Difference {
     /// The key that differs (None for the balance).
     pub key: Option<PublicKey>,
     pub what: String,
-}
-
-/// How the comparison of current state with history introduces what it
-/// found; the height follows.
-const INTERNAL: &str = "current state vs history at block ";
-
-impl Difference {
-    /// What differs, without the height it was found at: the same drift
-    /// found by two reconciles is one event.
-    pub fn event(&self) -> &str {
-        match self.what.strip_prefix(INTERNAL) {
-            Some(rest) => rest.split_once(": ").map_or(rest, |(_, what)| what),
-            None => &self.what,
-        }
-    }
+    /// What differs without the values or the height it was found at (the
+    /// key or the balance, against what): the same unresolved drift found
+    /// by two reconciles is one event, though the chain moved meanwhile.
+    #[serde(default)]
+    pub event: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -129,20 +119,22 @@ pub async fn reconcile(
         checked += 1;
         differences.extend(internal_differences(pool, account).await?);
         let chain_keys: BTreeMap<PublicKey, AccessKey> = truth.keys.iter().cloned().collect();
-        for (key, what, _) in key_differences(&stored_keys, &chain_keys, "the chain") {
+        for (key, what, _, event) in key_differences(&stored_keys, &chain_keys, "the chain") {
             differences.push(Difference {
                 account: account.clone(),
                 key: Some(key),
                 what,
+                event,
             });
         }
-        if let Some(what) =
+        if let Some((what, event)) =
             account_difference(stored_account.as_ref(), truth.account.as_ref(), "the chain")
         {
             differences.push(Difference {
                 account: account.clone(),
                 key: None,
                 what,
+                event,
             });
         }
     }
@@ -195,17 +187,18 @@ async fn internal_differences(
     let history_account = account_at(&mut tx, account, cursor.height).await?;
     let current_account = load_account(&mut tx, account).await?;
     tx.commit().await?;
-    let at = format!("{INTERNAL}{}: ", cursor.height);
+    let at = format!("current state vs history at block {}: ", cursor.height);
     let mut out: Vec<Difference> = key_differences(&current_keys, &history_keys, "history")
         .into_iter()
-        .map(|(key, what, _)| Difference {
+        .map(|(key, what, _, event)| Difference {
             account: account.clone(),
             key: Some(key),
             what: format!("{at}{what}"),
+            event: format!("current state: {event}"),
         })
         .collect();
     let history_account = history_account.flatten();
-    if let Some(what) = account_difference(
+    if let Some((what, event)) = account_difference(
         current_account.as_ref(),
         history_account.as_ref(),
         "history",
@@ -214,6 +207,7 @@ async fn internal_differences(
             account: account.clone(),
             key: None,
             what: format!("{at}{what}"),
+            event: format!("current state: {event}"),
         });
     }
     Ok(out)
@@ -244,7 +238,7 @@ async fn raise_drift(
                 account: d.account.to_string(),
                 key,
                 title,
-                details: serde_json::json!({"account_id": d.account, "difference": d.what, "event": d.event()}),
+                details: serde_json::json!({"account_id": d.account, "difference": d.what, "event": d.event}),
             },
         )
         .await?;
@@ -304,46 +298,59 @@ fn key_differences(
     stored: &BTreeMap<PublicKey, AccessKey>,
     chain: &BTreeMap<PublicKey, AccessKey>,
     truth: &str,
-) -> Vec<(PublicKey, String, &'static str)> {
+) -> Vec<(PublicKey, String, &'static str, String)> {
     let mut keys: Vec<&PublicKey> = chain.keys().chain(stored.keys()).collect();
     keys.sort();
     keys.dedup();
     keys.into_iter()
         .filter_map(|key| {
-            let (what, action) = match (stored.get(key), chain.get(key)) {
+            let (what, action, event) = match (stored.get(key), chain.get(key)) {
                 (Some(s), Some(c)) if s == c => return None,
-                (Some(s), Some(c)) => {
-                    (format!("key {key}: stored {s:?}, {truth} {c:?}"), "updated")
+                (Some(s), Some(c)) => (
+                    format!("key {key}: stored {s:?}, {truth} {c:?}"),
+                    "updated",
+                    format!("key {key} differs from {truth}"),
+                ),
+                (None, Some(_)) => {
+                    let what = format!("key {key} is in {truth} but not stored");
+                    (what.clone(), "updated", what)
                 }
-                (None, Some(_)) => (format!("key {key} is in {truth} but not stored"), "updated"),
-                (Some(_), None) => (format!("key {key} is stored but not in {truth}"), "deleted"),
+                (Some(_), None) => {
+                    let what = format!("key {key} is stored but not in {truth}");
+                    (what.clone(), "deleted", what)
+                }
                 (None, None) => return None,
             };
-            Some((key.clone(), what, action))
+            Some((key.clone(), what, action, event))
         })
         .collect()
 }
 
 /// What differs between a stored account state (`None` unknown, `Some(None)`
-/// deleted) and the chain's.
+/// deleted) and the chain's, and the same without the values.
 fn account_difference(
     stored: Option<&Option<crate::domain::AccountState>>,
     chain: Option<&crate::domain::AccountState>,
     truth: &str,
-) -> Option<String> {
+) -> Option<(String, String)> {
     match (stored, chain) {
         (Some(Some(s)), Some(c)) if s == c => None,
         (Some(None), None) | (None, None) => None,
-        (Some(Some(s)), Some(c)) => Some(format!(
-            "balance: stored {} / locked {} / code {}, {truth} {} / locked {} / code {}",
-            s.amount, s.locked, s.code_hash, c.amount, c.locked, c.code_hash
+        (Some(Some(s)), Some(c)) => Some((
+            format!(
+                "balance: stored {} / locked {} / code {}, {truth} {} / locked {} / code {}",
+                s.amount, s.locked, s.code_hash, c.amount, c.locked, c.code_hash
+            ),
+            format!("the balance differs from {truth}"),
         )),
-        (_, Some(_)) => Some(format!(
-            "the account exists in {truth} but is stored as absent or deleted"
-        )),
-        (Some(Some(_)), None) => Some(format!(
-            "the account is stored but does not exist in {truth}"
-        )),
+        (_, Some(_)) => {
+            let what = format!("the account exists in {truth} but is stored as absent or deleted");
+            Some((what.clone(), what))
+        }
+        (Some(Some(_)), None) => {
+            let what = format!("the account is stored but does not exist in {truth}");
+            Some((what.clone(), what))
+        }
     }
 }
 
@@ -374,7 +381,7 @@ async fn fix_keys(
 ) -> Result<(), IngestError> {
     let stored = load_state(tx, account).await?;
     let mut index = next_index(tx, true, account, &cursor.hash).await?;
-    for (key, what, action) in key_differences(&stored, chain, "the chain") {
+    for (key, what, action, _) in key_differences(&stored, chain, "the chain") {
         let row = KeyRow {
             account_id: account,
             public_key: &key,
@@ -406,7 +413,7 @@ async fn fix_account(
     chain: Option<&crate::domain::AccountState>,
 ) -> Result<(), IngestError> {
     let stored = load_account(tx, account).await?;
-    let Some(what) = account_difference(stored.as_ref(), chain, "the chain") else {
+    let Some((what, _)) = account_difference(stored.as_ref(), chain, "the chain") else {
         return Ok(());
     };
     let row = BalanceRow {

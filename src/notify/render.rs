@@ -73,6 +73,9 @@ fn advice(rule: &str) -> &'static str {
         "ingest_stopped" => {
             "keywatch has exited on an error it cannot wait out (configuration, or a chain that does not continue its history). Nothing is being watched until it is fixed and restarted."
         }
+        "silence_started" => {
+            "Alerts for this account are recorded but not sent until the time above. If you did not ask for this, someone with access to keywatch's database or host is hiding what happens to the account: treat it as an attack, and list the silenced alerts with `keywatch alerts`."
+        }
         "delivery_failing" => {
             "A channel keeps failing to deliver alerts: check its server, credentials and the last error. Alerts keep being retried; read the missed ones with `keywatch alerts`."
         }
@@ -149,6 +152,17 @@ fn facts(d: &Delivery, explorer: &str) -> Vec<(String, String, Option<String>)> 
     if let Some(reason) = detail("reason") {
         out.push(("Reason".into(), reason, None));
     }
+    if let Some(s) = d.details.get("silenced") {
+        out.push((
+            "Silenced".into(),
+            format!(
+                "until {}: {}",
+                s["until"].as_str().unwrap_or("?"),
+                s["reason"].as_str().unwrap_or("")
+            ),
+            None,
+        ));
+    }
     if let (Some(further), Some(previous)) = (
         detail("further_drop").and_then(|v| crate::domain::Yocto::parse(&v).ok()),
         detail("previous_now").and_then(|v| crate::domain::Yocto::parse(&v).ok()),
@@ -194,21 +208,14 @@ pub fn cause(d: &Delivery) -> Cause {
     let time = detail("change_block_time")
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&chrono::Utc));
-    match (height, detail("change_block_hash"), time) {
-        (Some(h), Some(hash), Some(t)) => Cause {
-            block_height: h,
-            block_hash: hash,
-            block_time: t,
-            tx_hash: detail("tx_hash"),
-            receipt_hash: detail("receipt_hash"),
-        },
-        _ => Cause {
-            block_height: d.block_height,
-            block_hash: d.block_hash.clone(),
-            block_time: d.block_time,
-            tx_hash: detail("tx_hash"),
-            receipt_hash: detail("receipt_hash"),
-        },
+    // field by field: alerts recorded before the change's time was kept
+    // still name its block
+    Cause {
+        block_height: height.unwrap_or(d.block_height),
+        block_hash: detail("change_block_hash").unwrap_or_else(|| d.block_hash.clone()),
+        block_time: time.unwrap_or(d.block_time),
+        tx_hash: detail("tx_hash"),
+        receipt_hash: detail("receipt_hash"),
     }
 }
 

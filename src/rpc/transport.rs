@@ -177,8 +177,9 @@ impl Transport {
             .urls
             .iter()
             .map(|raw| {
+                // an unparsable url is not shown: it may hold a key
                 let url = reqwest::Url::parse(raw).map_err(|e| SetupError::BadUrl {
-                    url: raw.clone(),
+                    url: "(not a url)".into(),
                     reason: e.to_string(),
                 })?;
                 if !matches!(url.scheme(), "http" | "https") {
@@ -374,7 +375,8 @@ impl Transport {
                 RpcError::Connect {
                     url: url(),
                     method: method(),
-                    reason: error_chain(&e),
+                    // reqwest's own text ends with the whole url, keys and all
+                    reason: error_chain(&e.without_url()),
                 }
             }
         };

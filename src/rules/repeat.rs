@@ -19,9 +19,9 @@ pub enum Repeat {
     /// Quiet within `cooldown` (chain time) of the last alert for the same
     /// account and key.
     Cooldown(Duration),
-    /// Quiet within `cooldown` unless the value (`details.now`) fell by a
-    /// further `min_drop` or `min_drop_percent` from the value at the last
-    /// alert.
+    /// Quiet within `cooldown` unless the value (`details.value`, else
+    /// `details.now`) fell by a further `min_drop` or `min_drop_percent`
+    /// from the value at the last alert.
     Escalate {
         cooldown: Duration,
         min_drop: Option<Yocto>,
@@ -31,6 +31,9 @@ pub enum Repeat {
     /// the same event (`details.event`), however long ago; for
     /// `state_drift`, until the follower corrected the account's drift.
     SameEvent,
+    /// Every change is news (a replay of the same block is not: the dedup
+    /// key holds the block and the change).
+    EveryChange,
 }
 
 impl Repeat {
@@ -41,7 +44,8 @@ impl Repeat {
                 min_drop: r.min_drop,
                 min_drop_percent: r.min_drop_percent,
             },
-            "contract_deployed" | "state_drift" | "unknown_permission" => Repeat::SameEvent,
+            "contract_deployed" | "state_drift" => Repeat::SameEvent,
+            "unknown_permission" => Repeat::EveryChange,
             _ => Repeat::Cooldown(r.cooldown),
         }
     }
@@ -50,6 +54,7 @@ impl Repeat {
     pub fn lookback(self) -> Option<Duration> {
         match self {
             Repeat::Cooldown(c) | Repeat::Escalate { cooldown: c, .. } => Some(c),
+            Repeat::EveryChange => Some(Duration::ZERO),
             Repeat::SameEvent => None,
         }
     }
@@ -93,16 +98,19 @@ pub fn again(repeat: Repeat, draft: &AlertDraft, previous: Option<Previous<'_>>)
     match repeat {
         Repeat::Cooldown(c) if c.is_zero() => Again::Fire,
         Repeat::Cooldown(_) => Again::Quiet,
+        Repeat::EveryChange => Again::Fire,
         Repeat::Escalate {
             min_drop,
             min_drop_percent,
             ..
         } => {
-            let (Some(previous_now), Some(now)) = (
-                yocto_at(previous.details, "now"),
-                yocto_at(&draft.details, "now"),
-            ) else {
-                return Again::Quiet;
+            // the value compared (for balances, stake moved into `locked`
+            // counted back in); an alert from before values were recorded
+            // cannot be compared with, so the rule speaks
+            let value = |d: &serde_json::Value| yocto_at(d, "value").or_else(|| yocto_at(d, "now"));
+            let (Some(previous_now), Some(now)) = (value(previous.details), value(&draft.details))
+            else {
+                return Again::Fire;
             };
             let further = previous_now.0.saturating_sub(now.0);
             let by_amount = min_drop.is_some_and(|m| further > 0 && further >= m.0);
@@ -179,6 +187,35 @@ mod tests {
 
     fn now(n: u128) -> serde_json::Value {
         serde_json::json!({"now": (n * NEAR).to_string()})
+    }
+
+    #[test]
+    fn stake_is_no_further_drop_and_an_alert_without_values_does_not_silence() {
+        let repeat = Repeat::Escalate {
+            cooldown: Duration::from_secs(900),
+            min_drop: Some(Yocto(100 * NEAR)),
+            min_drop_percent: Some(20),
+        };
+        // 500 of the 1,000 left moved into stake: the compared value holds
+        let last = serde_json::json!({"now": (1000 * NEAR).to_string(), "value": (1000 * NEAR).to_string()});
+        let staked = serde_json::json!({"now": (500 * NEAR).to_string(), "value": (1000 * NEAR).to_string()});
+        assert_eq!(
+            again(
+                repeat,
+                &draft("balance_drop", staked),
+                Some(previous(&last, false))
+            ),
+            Again::Quiet
+        );
+        let old = serde_json::json!({});
+        assert_eq!(
+            again(
+                repeat,
+                &draft("balance_drop", now(1)),
+                Some(previous(&old, false))
+            ),
+            Again::Fire
+        );
     }
 
     #[test]

@@ -104,8 +104,10 @@ impl Simulator {
         }));
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
+        // Any path: providers put API keys in it.
         let app = axum::Router::new()
             .route("/", axum::routing::post(handle))
+            .route("/{*path}", axum::routing::post(handle))
             .with_state(inner.clone());
         let mut tasks = vec![tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

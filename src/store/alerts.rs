@@ -15,15 +15,22 @@ pub struct Decided<'a> {
 }
 
 /// The dedup key of an alert decided at `block_hash`: a replayed block
-/// produces the same key, and so no second alert.
+/// produces the same key, and so no second alert. An alert about an event
+/// (`details.event`: a difference, a deploy) carries it too, so two
+/// different events of one account decided at one block are two alerts.
 pub fn dedup_key(d: &AlertDraft, block_hash: &str) -> String {
-    format!(
+    let mut key = format!(
         "{}|{}|{}|{}",
         d.rule,
         d.account_id,
         d.public_key.as_deref().unwrap_or(""),
         block_hash
-    )
+    );
+    if let Some(event) = d.details.get("event").and_then(serde_json::Value::as_str) {
+        key.push('|');
+        key.push_str(event);
+    }
+    key
 }
 
 /// The state a delivery starts in.
@@ -213,14 +220,35 @@ pub async fn last_alerts(
         .collect())
 }
 
+/// What happens to a decided alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Sent on every channel.
+    Send,
+    /// Decided for an old block (a backfill): recorded, never sent.
+    Suppress,
+    /// Within an announced silence: recorded, never sent.
+    Silence,
+}
+
+impl Disposition {
+    fn status(self) -> &'static str {
+        match self {
+            Disposition::Send => "pending",
+            Disposition::Suppress => "suppressed",
+            Disposition::Silence => "silenced",
+        }
+    }
+}
+
 /// Inserts alerts decided at one block, each with a delivery per channel
-/// (`pending` when its `send` is true, else `suppressed`), in one
-/// statement; the dedup keys make a replayed block insert nothing, and the
-/// outbox is woken once if anything is pending. Returns how many alerts
-/// were new.
+/// in the state its [`Disposition`] says, in one statement; the dedup keys make
+/// a replayed block insert nothing, and the outbox is woken once if
+/// anything is pending. An alert not sent (suppressed or silenced) starts
+/// no cooldown. Returns how many alerts were new.
 pub async fn insert_many(
     tx: &mut PgConnection,
-    drafts: &[(&AlertDraft, bool)],
+    drafts: &[(&AlertDraft, Disposition)],
     at: &Decided<'_>,
     channels: &[&str],
 ) -> Result<u64, StoreError> {
@@ -240,10 +268,7 @@ pub async fn insert_many(
         .collect();
     let titles: Vec<&str> = drafts.iter().map(|(d, _)| d.title.as_str()).collect();
     let details: Vec<&serde_json::Value> = drafts.iter().map(|(d, _)| &d.details).collect();
-    let statuses: Vec<&str> = drafts
-        .iter()
-        .map(|(_, send)| if *send { "pending" } else { "suppressed" })
-        .collect();
+    let statuses: Vec<&str> = drafts.iter().map(|(_, o)| o.status()).collect();
     let (created, pending): (i64, i64) = sqlx::query_as(
         "with drafts as (
              select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -253,7 +278,7 @@ pub async fn insert_many(
              insert into alerts (dedup_key, rule, severity, account_id, public_key, block_height,
                                  block_hash, block_time, title, details, suppressed)
              select dedup_key, rule, severity, account_id, public_key, $9, $10, $11, title, details,
-                    status = 'suppressed'
+                    status <> 'pending'
              from drafts order by n
              on conflict on constraint alerts_dedup_key do nothing
              returning id, dedup_key),

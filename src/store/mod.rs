@@ -13,6 +13,7 @@ pub mod overview;
 pub mod prune;
 pub mod replay;
 pub mod requests;
+pub mod silences;
 pub mod watch;
 pub mod window;
 

@@ -467,6 +467,97 @@ async fn a_rejecting_webhook_is_permanent_and_a_failing_one_is_retried(pool: PgP
 }
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn a_silence_is_announced_first_then_its_alerts_are_recorded_not_sent(pool: PgPool) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let sim = Simulator::start(story(), SimOptions::default())
+        .await
+        .unwrap();
+    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
+    // key deletions on the treasury, and everything on bob.near, for an hour
+    let until = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut conn = pool.acquire().await.unwrap();
+    let rotation = store::silences::add(
+        &mut conn,
+        "treasury.near",
+        Some("key_deleted"),
+        until,
+        "key rotation",
+    )
+    .await
+    .unwrap();
+    store::silences::add(&mut conn, "bob.near", None, until, "closing the account")
+        .await
+        .unwrap();
+    drop(conn);
+    ingest(&pool, &sim, &s, 1000).await;
+    let (_, now) = clock();
+    dispatch_all(&Dispatcher::new(pool.clone(), &s, now).unwrap()).await;
+
+    let by_status: Vec<(String, String, String)> = sqlx::query_as(
+        "select rule, account_id, status from alert_log where channel = 'email' order by alert_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let status_of = |rule: &str, account: &str| -> Vec<&str> {
+        by_status
+            .iter()
+            .filter(|(r, a, _)| r == rule && a == account)
+            .map(|(_, _, st)| st.as_str())
+            .collect()
+    };
+    // announced first, on every channel, and sent
+    assert_eq!(by_status[0].0, "silence_started", "{by_status:#?}");
+    assert_eq!(status_of("silence_started", "treasury.near"), ["delivered"]);
+    assert_eq!(status_of("silence_started", "bob.near"), ["delivered"]);
+    // the silenced alerts: decided and recorded, not sent
+    assert_eq!(status_of("key_deleted", "treasury.near"), ["silenced"; 4]);
+    assert_eq!(status_of("account_deleted", "bob.near"), ["silenced"]);
+    // what the silences do not name goes out as usual
+    assert_eq!(
+        status_of("new_full_access_key", "treasury.near"),
+        ["delivered"; 2]
+    );
+    assert_eq!(
+        status_of("contract_deployed", "relayer.near"),
+        ["delivered"]
+    );
+    let subjects: Vec<String> = smtp
+        .mails()
+        .iter()
+        .map(|m| m.header("Subject").unwrap())
+        .collect();
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s
+                .starts_with("[WARNING] key_deleted alerts on treasury.near are silenced until")),
+        "{subjects:#?}"
+    );
+    assert!(
+        subjects
+            .iter()
+            .all(|s| !s.contains("Key deleted") && !s.contains("bob.near was deleted")),
+        "{subjects:#?}"
+    );
+    let reason: String = sqlx::query_scalar(
+        "select details->'silenced'->>'reason' from alerts where rule = 'key_deleted' limit 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reason, "key rotation");
+    let announced: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select announced_at from silences where id = $1")
+            .bind(rotation)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(announced.is_some());
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn alerts_for_old_blocks_are_suppressed_and_nothing_is_sent(pool: PgPool) {
     let smtp = SmtpServer::start().await;
     let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;

@@ -516,3 +516,64 @@ async fn a_newer_command_does_not_migrate_under_a_running_older_leader(pool: PgP
             .unwrap();
     assert!(!applied, "nothing was migrated");
 }
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn silence_refuses_bad_input_and_alerts_lists_what_it_recorded(pool: PgPool) {
+    let env = env_for(&pool, "http://127.0.0.1:1/", "localnet");
+    for (args, says) in [
+        (
+            &[
+                "silence", "dao.near", "--rule", "nope", "--for", "2h", "--reason", "x",
+            ][..],
+            "unknown rule \"nope\"",
+        ),
+        (
+            &["silence", "dao.near", "--for", "0s", "--reason", "x"],
+            "a silence lasts more than 0 and at most 30 days",
+        ),
+        (
+            &["silence", "dao.near", "--for", "60days", "--reason", "x"],
+            "at most 30 days",
+        ),
+        (
+            &["silence", "dao.near", "--for", "2h", "--reason", " "],
+            "--reason is required",
+        ),
+        (
+            &["silence", "NOT AN ID", "--for", "2h", "--reason", "x"],
+            "invalid account id",
+        ),
+    ] {
+        let out = keywatch(&env, args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    let count: i64 = sqlx::query_scalar("select count(*) from silences")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0, "nothing written");
+    let out = keywatch(
+        &env,
+        &[
+            "silence",
+            "dao.near",
+            "--rule",
+            "balance_drop",
+            "--for",
+            "2h",
+            "--reason",
+            "moving funds",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("silence #1: balance_drop alerts on dao.near until"));
+    let out = keywatch(&env, &["alerts"]).await;
+    let text = stdout(&out);
+    assert!(
+        text.contains("silence #1 on dao.near (balance_drop) until")
+            && text.contains("moving funds (not in effect until the leader announces it)"),
+        "{text}"
+    );
+}

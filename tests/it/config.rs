@@ -45,8 +45,8 @@ fn the_shipped_config_is_valid_and_has_sensible_defaults() {
     assert_eq!(s.ingest.start, StartAt::Latest);
     assert_eq!(
         s.rules.len(),
-        15,
-        "every rule of the design table, and ingest_recovered, ingest_stopped, delivery_failing"
+        16,
+        "every rule of the design table, and ingest_recovered, ingest_stopped, delivery_failing, silence_started"
     );
     assert_eq!(s.rules["new_full_access_key"].severity, Severity::Critical);
     assert_eq!(s.rules["allowance_drain"].settle_blocks, Some(10));

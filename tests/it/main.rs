@@ -15,6 +15,7 @@ mod proxy;
 mod repeats;
 mod rpc_client;
 pub mod samples;
+mod secrets;
 mod sim;
 mod smtp;
 mod store;

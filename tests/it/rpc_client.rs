@@ -627,3 +627,24 @@ async fn each_changes_kind_is_requested_in_the_node_wire_format() {
             .all(|r| r["method"] == "changes" && r["jsonrpc"] == "2.0")
     );
 }
+
+#[tokio::test]
+async fn a_connection_error_never_carries_the_urls_key() {
+    // nothing listens on port 1
+    let rpc = client(settings(&[
+        "http://127.0.0.1:1/v1/PathK3y9?apikey=QueryK3y9",
+    ]));
+    let err = rpc.block(&BlockRef::Final).await.unwrap_err();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert!(text.contains("http://127.0.0.1:1/…"), "{text}");
+    assert!(
+        !text.contains("PathK3y9") && !text.contains("QueryK3y9"),
+        "{text}"
+    );
+    assert!(!format!("{err:?}").contains("K3y9"), "{err:?}");
+}

@@ -94,6 +94,7 @@ impl FakeNode {
         };
         let app = axum::Router::new()
             .route("/", axum::routing::post(serve))
+            .route("/{*path}", axum::routing::post(serve))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());

@@ -1,0 +1,89 @@
+//! Silences (`keywatch silence`): alerts for an account, or one rule of it,
+//! are recorded but not sent until a time. One takes effect only once the
+//! leader announced it ([`crate::ingest::silences`]).
+
+use sqlx::PgConnection;
+
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Silence {
+    pub id: i64,
+    pub account_id: String,
+    /// `None`: every rule.
+    pub rule: Option<String>,
+    pub starts_at: chrono::DateTime<chrono::Utc>,
+    pub ends_at: chrono::DateTime<chrono::Utc>,
+    pub reason: String,
+    pub announced_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Records a silence from now until `ends_at`; returns its id.
+pub async fn add(
+    conn: &mut PgConnection,
+    account: &str,
+    rule: Option<&str>,
+    ends_at: chrono::DateTime<chrono::Utc>,
+    reason: &str,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "insert into silences (account_id, rule, ends_at, reason) values ($1, $2, $3, $4)
+         returning id",
+    )
+    .bind(account)
+    .bind(rule)
+    .bind(ends_at)
+    .bind(reason)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Silences not announced yet, locked for the transaction that announces
+/// them (another leader skips them).
+pub async fn unannounced(conn: &mut PgConnection) -> Result<Vec<Silence>, StoreError> {
+    Ok(sqlx::query_as(
+        "select * from silences where announced_at is null order by id for update skip locked",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn mark_announced(conn: &mut PgConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query("update silences set announced_at = now() where id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The announced silences of `accounts` in effect at `at`.
+pub async fn active(
+    conn: &mut PgConnection,
+    accounts: &[&str],
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Silence>, StoreError> {
+    if accounts.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(sqlx::query_as(
+        "select * from silences where account_id = any($1) and ends_at > $2 and starts_at <= $2
+           and announced_at is not null order by id",
+    )
+    .bind(accounts)
+    .bind(at)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Silences not yet over at `at`, announced or not, for `keywatch alerts`.
+pub async fn current(
+    conn: &mut PgConnection,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Silence>, StoreError> {
+    Ok(
+        sqlx::query_as("select * from silences where ends_at > $1 order by ends_at, id")
+            .bind(at)
+            .fetch_all(conn)
+            .await?,
+    )
+}
