@@ -143,30 +143,21 @@ pub(crate) async fn ingest(pool: &PgPool, sim: &Simulator, s: &Settings, start: 
         .await
         .unwrap();
     sim.run_to_end();
-    let (_tx, stop) = tokio::sync::watch::channel(false);
-    let opts = FollowOptions {
-        exit_when_caught_up: true,
-        concurrency: 4,
-        poll_interval: Duration::from_millis(5),
-        ..FollowOptions::default()
-    };
-    follow(
-        pool,
-        &rpc,
-        &opts,
-        Some(&AlertContext::from_settings(s)),
-        stop,
-    )
-    .await
-    .unwrap();
+    follow_to_head(pool, sim, s).await;
 }
 
 /// Lets the chain run `blocks` further (quiet blocks) and follows to the
 /// new head, so the window rules decide the last writes too.
 pub(crate) async fn follow_further(pool: &PgPool, sim: &Simulator, s: &Settings, blocks: u64) {
     sim.advance_to(sim.with_chain(|c| c.head().header.height) + blocks);
+    follow_to_head(pool, sim, s).await;
+}
+
+/// Follows to the final head with the rules on.
+async fn follow_to_head(pool: &PgPool, sim: &Simulator, s: &Settings) {
     let opts = FollowOptions {
         exit_when_caught_up: true,
+        concurrency: 4,
         poll_interval: Duration::from_millis(5),
         ..FollowOptions::default()
     };

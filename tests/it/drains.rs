@@ -31,18 +31,24 @@ struct Call {
     after: u64,
 }
 
-fn story(calls: &[Call]) -> Scenario {
-    let mut text = format!(
-        r#"
+/// The chain every story here and in `repeats` runs on: 600 ms blocks from
+/// 1000, no skipped heights.
+pub(crate) const CHAIN: &str = r#"
 [chain]
 chain_id = "localnet"
 start_height = 1000
 genesis_time = "2026-11-22T08:00:00Z"
 block_time = "600ms"
+"#;
 
+/// relayer.near holding `amount` NEAR, and the owner adding `key` with
+/// `permission` at [`ADDED_AT`].
+fn relayer(amount: &str, key: &str, permission: &str) -> String {
+    format!(
+        r#"{CHAIN}
 [[accounts]]
 id = "relayer.near"
-amount = "0.5"
+amount = "{amount}"
 keys = [{{ key = "{FULL}", permission = "full_access" }}]
 
 [[actions]]
@@ -51,9 +57,17 @@ do = "add_key"
 account = "relayer.near"
 signer = "{FULL}"
 fee = "0"
-key = "{RELAY}"
-permission = {{ function_call = {{ allowance = "0.5", receiver = "app.near", methods = ["relay"] }} }}
+key = "{key}"
+permission = {permission}
 "#
+    )
+}
+
+fn story(calls: &[Call]) -> Scenario {
+    let mut text = relayer(
+        "0.5",
+        RELAY,
+        r#"{ function_call = { allowance = "0.5", receiver = "app.near", methods = ["relay"] } }"#,
     );
     for c in calls {
         text.push_str(&format!(
@@ -79,28 +93,10 @@ const GAS: &str = "ed25519:8GGzH1ySaUbbLGnLwhn1myU3xbQKiYcjJJ9LHTVrMBGK";
 /// The same traffic on a gas key (0.5 NEAR) of an account holding 100: a
 /// call charges the gas key, and a refund is the account funding it back.
 fn gas_story(calls: &[Call]) -> Scenario {
-    let mut text = format!(
-        r#"
-[chain]
-chain_id = "localnet"
-start_height = 1000
-genesis_time = "2026-11-22T08:00:00Z"
-block_time = "600ms"
-
-[[accounts]]
-id = "relayer.near"
-amount = "100"
-keys = [{{ key = "{FULL}", permission = "full_access" }}]
-
-[[actions]]
-at = {ADDED_AT}
-do = "add_key"
-account = "relayer.near"
-signer = "{FULL}"
-fee = "0"
-key = "{GAS}"
-permission = {{ gas_key_function_call = {{ balance = "0.5", num_nonces = 2, receiver = "app.near" }} }}
-"#
+    let mut text = relayer(
+        "100",
+        GAS,
+        r#"{ gas_key_function_call = { balance = "0.5", num_nonces = 2, receiver = "app.near" } }"#,
     );
     for c in calls {
         text.push_str(&format!(

@@ -6,7 +6,7 @@ mod campaign;
 mod cli;
 mod config;
 mod crash;
-mod drains;
+pub mod drains;
 pub mod indexes;
 pub mod ingest;
 mod parsers;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::alerts::{follow_further, ingest, settings};
+use crate::drains::CHAIN;
 use crate::smtp::SmtpServer;
 use crate::support::{Canned, FakeNode};
 
@@ -20,13 +21,7 @@ const CODE_Y: &str = "11111111111111111111111111111112";
 /// owner's key, free of fees).
 fn treasury(actions: &str) -> Scenario {
     let text = format!(
-        r#"
-[chain]
-chain_id = "localnet"
-start_height = 1000
-genesis_time = "2026-11-22T08:00:00Z"
-block_time = "600ms"
-
+        r#"{CHAIN}
 [[accounts]]
 id = "treasury.near"
 amount = "5000"
