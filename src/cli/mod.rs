@@ -307,9 +307,16 @@ pub async fn connect(settings: &Settings) -> Result<sqlx::PgPool, Failure> {
     Ok(pool)
 }
 
-/// The database without migrating it (read-only commands).
+/// The database without migrating it (read-only commands); created first
+/// when the server says it does not exist and the role may create it.
 pub async fn connect_as_is(settings: &Settings) -> Result<sqlx::PgPool, Failure> {
     use anyhow::Context;
+    match crate::store::create::ensure_database(settings.database.url.expose_secret()).await {
+        Ok(_) => {}
+        Err(crate::store::StoreError::Invalid(why)) => return Err(bad_input(why)),
+        // an unreachable server is reported by the connection below
+        Err(_) => {}
+    }
     Ok(crate::store::connect(
         settings.database.url.expose_secret(),
         settings.database.max_connections,

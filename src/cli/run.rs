@@ -51,6 +51,16 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
     let health = Arc::new(Health::default());
     let channels = Arc::new(Channels::from_settings(&settings).map_err(bad_input)?);
     let me = process_name();
+    // No setup step: a database that does not exist is created (a server
+    // that does not answer is waited out below, like any outage).
+    match crate::store::create::ensure_database(settings.database.url.expose_secret()).await {
+        Ok(_) => {}
+        Err(crate::store::StoreError::Invalid(why)) => return Err(bad_input(why)),
+        Err(crate::store::StoreError::Db(e)) if crate::store::is_outage(&e) => {
+            tracing::warn!(error = %e, "the database does not answer yet");
+        }
+        Err(e) => return Err(bad_input(format!("database.url: {e}"))),
+    }
     let pool = crate::store::connect_service(
         settings.database.url.expose_secret(),
         settings.database.max_connections,

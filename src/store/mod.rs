@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod convert;
+pub mod create;
 pub mod history;
 pub mod keys;
 pub mod lease;

@@ -577,3 +577,70 @@ async fn silence_refuses_bad_input_and_alerts_lists_what_it_recorded(pool: PgPoo
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_missing_database_is_created_or_the_error_says_what_to_run() {
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let admin = PgPool::connect(&base).await.unwrap();
+    let pid = std::process::id();
+    let (db, role) = (format!("keywatch_auto_{pid}"), format!("kw_nocreate_{pid}"));
+    let url_for = |user: Option<&str>, db: &str| {
+        let mut url = reqwest::Url::parse(&base).unwrap();
+        if let Some(u) = user {
+            url.set_username(u).unwrap();
+        }
+        url.set_path(db);
+        url.to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keywatch.toml");
+    std::fs::write(&config, "[rpc]\nurls = [\"http://127.0.0.1:1/\"]\n").unwrap();
+    let watch_list = |url: String| {
+        let config = config.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+                .arg("--config")
+                .arg(&config)
+                .args(["watch", "list"])
+                .env("DATABASE_URL", url)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    // no database: created, migrated, answered
+    let out = watch_list(url_for(None, &db)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tables: i64 = sqlx::query_scalar("select count(*) from pg_database where datname = $1")
+        .bind(&db)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(tables, 1);
+    // a role that may not create it: told what to run, exit 2, nothing made
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create role {role} login nocreatedb"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let other = format!("{db}_other");
+    let out = watch_list(url_for(Some(&role), &other)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "database \"{other}\" does not exist and role \"{role}\" may not create it: create it as a role that may (`createdb -O {role} {other}`)"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    for sql in [
+        format!("drop database {db} with (force)"),
+        format!("drop role {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+}

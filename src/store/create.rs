@@ -1,0 +1,66 @@
+//! No setup step: a command that needs the database creates it when the
+//! server says it does not exist and the role may create it, or says
+//! exactly what to run when it may not.
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use crate::store::StoreError;
+
+/// `invalid_catalog_name`: the database named in the url does not exist.
+const NO_SUCH_DATABASE: &str = "3D000";
+/// `insufficient_privilege`.
+const NOT_ALLOWED: &str = "42501";
+/// `duplicate_database`.
+const ALREADY_EXISTS: &str = "42P04";
+
+/// Whether `ensure_database` created the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    Existed,
+    Created,
+}
+
+/// Makes sure the database `url` names exists: creates it (through the
+/// server's `postgres` database, as the same role) when the server says it
+/// does not. Any other connection error is returned as it is (an outage is
+/// for the caller to wait out).
+pub async fn ensure_database(url: &str) -> Result<Ensured, StoreError> {
+    let options: PgConnectOptions = url.parse()?;
+    match PgConnection::connect_with(&options).await {
+        Ok(conn) => {
+            conn.close().await?;
+            return Ok(Ensured::Existed);
+        }
+        Err(e) if code(&e).as_deref() == Some(NO_SUCH_DATABASE) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let name = options.get_database().unwrap_or("").to_owned();
+    let role = options.get_username().to_owned();
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {quoted}")))
+        .execute(&mut admin)
+        .await;
+    admin.close().await?;
+    match created {
+        Ok(_) => {
+            tracing::info!(database = %name, "created the database");
+            Ok(Ensured::Created)
+        }
+        // created meanwhile by another process
+        Err(e) if code(&e).as_deref() == Some(ALREADY_EXISTS) => Ok(Ensured::Existed),
+        Err(e) if code(&e).as_deref() == Some(NOT_ALLOWED) => Err(StoreError::Invalid(format!(
+            "database {name:?} does not exist and role {role:?} may not create it: \
+             create it as a role that may (`createdb -O {role} {name}`), or give {role:?} CREATEDB"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The SQLSTATE of a database error.
+fn code(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+}
