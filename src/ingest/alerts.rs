@@ -15,7 +15,9 @@ use crate::domain::{AccessKey, AccountId, AccountState, BlockHeader, PublicKey, 
 use crate::ingest::IngestError;
 use crate::ingest::recent::{Recent, Written};
 use crate::rules::repeat::{Again, Previous, Repeat, again, mark_further};
-use crate::rules::{AlertDraft, BlockFacts, KeyWrite, WindowValues, evaluate_block, window_drop};
+use crate::rules::{
+    AlertDraft, BlockFacts, KeyWrite, TxRef, WindowValues, evaluate_block, window_drop,
+};
 use crate::store::alerts::{AskLast, Decided, Disposition, insert_many, last_alerts};
 use crate::store::convert::{height_to_i64, ns_to_time, numeric_to_yocto};
 use crate::store::window;
@@ -105,6 +107,11 @@ pub struct AccountBlock {
     pub account_deleted: bool,
     pub contract_changed: Option<AccountState>,
     pub unknown: Vec<String>,
+    /// The transaction and receipt of the contract change, the deletion,
+    /// and the last unknown change.
+    pub contract_cause: Option<TxRef>,
+    pub deletion_cause: Option<TxRef>,
+    pub unknown_cause: Option<TxRef>,
 }
 
 /// While catching up (`suppress_old` false), an alert decided this long
@@ -286,6 +293,9 @@ pub async fn block_rules(
             account_deleted: ab.account_deleted,
             contract_changed: ab.contract_changed.as_ref(),
             unknown: &ab.unknown,
+            contract_cause: ab.contract_cause.as_ref(),
+            deletion_cause: ab.deletion_cause.as_ref(),
+            unknown_cause: ab.unknown_cause.as_ref(),
         };
         let mut d = evaluate_block(&facts);
         for draft in &mut d {

@@ -92,6 +92,9 @@ pub fn plan_block<'a>(
             account_deleted: deleted_here,
             contract_changed: None,
             unknown: vec![],
+            contract_cause: None,
+            deletion_cause: None,
+            unknown_cause: None,
         };
         let keys = current.keys.entry(account.clone()).or_default();
         plan_key_writes(&mut plan, account, deleted_here, keys, &mut ab);
@@ -223,10 +226,14 @@ fn plan_account_writes<'a>(
                         .is_none_or(|b| contract_of(b) != contract_of(state));
                 if changed {
                     ab.contract_changed = Some(state.clone());
+                    ab.contract_cause = Some(tx_ref(&w.cause));
                 }
                 (Some(state), changed)
             }
-            ChangeValue::AccountDeletion { .. } => (None, false),
+            ChangeValue::AccountDeletion { .. } => {
+                ab.deletion_cause = Some(tx_ref(&w.cause));
+                (None, false)
+            }
             other => {
                 unknown(plan, account, index as i32, other, w, ab);
                 continue;
@@ -262,8 +269,8 @@ fn rule_write(
         action,
         permission: permission.cloned(),
         by_account_deletion,
-        tx_hash: w.cause.tx_hash.as_ref().map(|h| h.to_string()),
-        receipt_hash: w.cause.receipt_hash.as_ref().map(|h| h.to_string()),
+        tx_hash: tx_ref(&w.cause).tx_hash,
+        receipt_hash: tx_ref(&w.cause).receipt_hash,
     }
 }
 
@@ -286,6 +293,14 @@ fn unknown<'a>(
         raw: crate::rpc::views::change_json(w),
     });
     ab.unknown.push(value.type_name().to_owned());
+    ab.unknown_cause = Some(tx_ref(&w.cause));
+}
+
+fn tx_ref(c: &crate::domain::Cause) -> crate::rules::TxRef {
+    crate::rules::TxRef {
+        tx_hash: c.tx_hash.as_ref().map(|h| h.to_string()),
+        receipt_hash: c.receipt_hash.as_ref().map(|h| h.to_string()),
+    }
 }
 
 /// The rows of consecutive blocks' plans, one list per table; state rows

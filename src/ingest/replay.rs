@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::domain::{AccessKey, AccountId, BlockHeader, CryptoHash, PublicKey};
 use crate::ingest::IngestError;
 use crate::ingest::alerts::{AccountBlock, AlertContext, block_rules, window_rules};
-use crate::rules::KeyWrite;
+use crate::rules::{KeyWrite, TxRef};
 use crate::store::convert::height_to_i64;
 use crate::store::replay;
 
@@ -82,6 +82,12 @@ async fn facts(
         });
     }
     let bal = replay::balance_writes_in_block(tx, account, block_hash).await?;
+    let tx_ref = |b: &replay::StoredBalanceWrite| TxRef {
+        tx_hash: b.tx_hash.clone(),
+        receipt_hash: b.receipt_hash.clone(),
+    };
+    let contract_cause = bal.iter().rfind(|b| b.contract_changed).map(tx_ref);
+    let deletion_cause = bal.iter().find(|b| b.deleted).map(tx_ref);
     let mut contract_changed = None;
     for b in bal.iter().filter(|b| b.contract_changed).cloned() {
         let columns = (
@@ -94,7 +100,12 @@ async fn facts(
         );
         contract_changed = Some(crate::store::history::account_state(account, columns)?);
     }
-    let unknown = replay::unknown_in_block(tx, account, block_hash).await?;
+    let stored_unknown = replay::unknown_in_block(tx, account, block_hash).await?;
+    let unknown_cause = stored_unknown.last().map(|u| TxRef {
+        tx_hash: u.tx_hash.clone(),
+        receipt_hash: u.receipt_hash.clone(),
+    });
+    let unknown: Vec<String> = stored_unknown.into_iter().map(|u| u.change_type).collect();
     let keys_before = keys_at(tx, &account_id, height - 1).await?;
     let keys_after = keys_at(tx, &account_id, height).await?;
     Ok(AccountBlock {
@@ -106,6 +117,9 @@ async fn facts(
         account_deleted: bal.iter().any(|b| b.deleted),
         contract_changed,
         unknown,
+        contract_cause,
+        deletion_cause,
+        unknown_cause,
     })
 }
 

@@ -34,6 +34,19 @@ pub struct KeyWrite {
 }
 
 /// Everything the per-block rules see for one account.
+/// The transaction and receipt of a change (either may be unknown).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TxRef {
+    pub tx_hash: Option<String>,
+    pub receipt_hash: Option<String>,
+}
+
+impl TxRef {
+    fn details(&self) -> serde_json::Value {
+        serde_json::json!({"tx_hash": self.tx_hash, "receipt_hash": self.receipt_hash})
+    }
+}
+
 pub struct BlockFacts<'a> {
     pub account: &'a AccountId,
     pub label: Option<&'a str>,
@@ -49,6 +62,11 @@ pub struct BlockFacts<'a> {
     pub contract_changed: Option<&'a AccountState>,
     /// Change types or permissions this version does not know.
     pub unknown: &'a [String],
+    /// Where the contract change, the deletion and the unknown changes came
+    /// from.
+    pub contract_cause: Option<&'a TxRef>,
+    pub deletion_cause: Option<&'a TxRef>,
+    pub unknown_cause: Option<&'a TxRef>,
 }
 
 fn enabled<'r>(rules: &'r RuleSet, name: &str) -> Option<&'r RuleSettings> {
@@ -220,13 +238,23 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
     }
     if let Some(r) = enabled(f.rules, "key_used") {
         for key in f.cold_nonce_moved {
+            // the write that moved its nonce (a gas key's nonce slot has none)
+            let cause = f
+                .writes
+                .iter()
+                .rfind(|w| &w.key == key)
+                .map(|w| TxRef {
+                    tx_hash: w.tx_hash.clone(),
+                    receipt_hash: w.receipt_hash.clone(),
+                })
+                .unwrap_or_default();
             out.push(draft(
                 f,
                 "key_used",
                 r.severity,
                 Some(key),
                 format!("Cold key signed a transaction on {a}"),
-                serde_json::json!({}),
+                cause.details(),
             ));
         }
     }
@@ -237,13 +265,28 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
             .any(|k| k.permission.is_full_access());
         let has = f.keys_after.values().any(|k| k.permission.is_full_access());
         if had && !has && !f.account_deleted {
+            // the deletion of the last full-access key
+            let cause = f
+                .writes
+                .iter()
+                .rfind(|w| {
+                    w.action == "deleted"
+                        && f.keys_before
+                            .get(&w.key)
+                            .is_some_and(|k| k.permission.is_full_access())
+                })
+                .map(|w| TxRef {
+                    tx_hash: w.tx_hash.clone(),
+                    receipt_hash: w.receipt_hash.clone(),
+                })
+                .unwrap_or_default();
             out.push(draft(
                 f,
                 "account_locked",
                 r.severity,
                 None,
                 format!("{a} has no full-access key left"),
-                serde_json::json!({}),
+                cause.details(),
             ));
         }
     }
@@ -257,8 +300,9 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
             (None, Some(a)) => format!("global-by-account:{a}"),
             (None, None) => state.code_hash.as_str().to_owned(),
         };
+        let cause = f.contract_cause.cloned().unwrap_or_default();
         let details = serde_json::json!({"code_hash": state.code_hash.as_str(), "global_contract_hash": state.global_contract_hash, "global_contract_account_id": state.global_contract_account_id,
-            "event": event});
+            "event": event, "tx_hash": cause.tx_hash, "receipt_hash": cause.receipt_hash});
         out.push(draft(
             f,
             "contract_deployed",
@@ -275,7 +319,7 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
             r.severity,
             None,
             format!("{a} was deleted"),
-            serde_json::json!({}),
+            f.deletion_cause.cloned().unwrap_or_default().details(),
         ));
     }
     if let (Some(r), false) = (enabled(f.rules, "unknown_permission"), f.unknown.is_empty()) {
@@ -285,7 +329,11 @@ pub fn evaluate_block(f: &BlockFacts<'_>) -> Vec<AlertDraft> {
             r.severity,
             None,
             format!("A change keywatch does not know on {a}"),
-            serde_json::json!({"types": f.unknown, "event": f.unknown.join(",")}),
+            {
+                let cause = f.unknown_cause.cloned().unwrap_or_default();
+                serde_json::json!({"types": f.unknown, "event": f.unknown.join(","),
+                    "tx_hash": cause.tx_hash, "receipt_hash": cause.receipt_hash})
+            },
         ));
     }
     out
@@ -411,6 +459,9 @@ mod tests {
             account_deleted: deleted_account,
             contract_changed: None,
             unknown: &[],
+            contract_cause: None,
+            deletion_cause: None,
+            unknown_cause: None,
         };
         evaluate_block(&f)
             .into_iter()

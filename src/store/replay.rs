@@ -22,12 +22,14 @@ pub const KEY_WRITES_IN_BLOCK: &str =
 
 pub const BALANCE_WRITES_IN_BLOCK: &str =
     "select deleted, contract_changed, amount, locked, storage_usage, code_hash,
-            global_contract_hash, global_contract_account_id
+            global_contract_hash, global_contract_account_id, tx_hash, receipt_hash
      from balance_events where account_id = $1 and block_hash = $2 and source = 'chain'
      order by index_in_block";
 
-pub const UNKNOWN_IN_BLOCK: &str = "select change_type from unknown_changes
-     where account_id = $1 and block_hash = $2 order by index_in_block";
+/// Unknown changes keep their whole wire form, cause included.
+pub const UNKNOWN_IN_BLOCK: &str = "select change_type, raw->'cause'->>'tx_hash' as tx_hash,
+            raw->'cause'->>'receipt_hash' as receipt_hash
+     from unknown_changes where account_id = $1 and block_hash = $2 order by index_in_block";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredBlock {
@@ -57,6 +59,8 @@ pub struct StoredBalanceWrite {
     pub code_hash: Option<String>,
     pub global_contract_hash: Option<String>,
     pub global_contract_account_id: Option<String>,
+    pub tx_hash: Option<String>,
+    pub receipt_hash: Option<String>,
 }
 
 pub async fn blocks_between(
@@ -105,12 +109,19 @@ pub async fn balance_writes_in_block(
         .await?)
 }
 
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredUnknown {
+    pub change_type: String,
+    pub tx_hash: Option<String>,
+    pub receipt_hash: Option<String>,
+}
+
 pub async fn unknown_in_block(
     conn: &mut PgConnection,
     account: &str,
     block_hash: &str,
-) -> Result<Vec<String>, StoreError> {
-    Ok(sqlx::query_scalar(UNKNOWN_IN_BLOCK)
+) -> Result<Vec<StoredUnknown>, StoreError> {
+    Ok(sqlx::query_as(UNKNOWN_IN_BLOCK)
         .bind(account)
         .bind(block_hash)
         .fetch_all(conn)

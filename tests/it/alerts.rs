@@ -231,6 +231,15 @@ async fn the_attack_story_raises_exactly_the_designed_alerts_by_email_and_webhoo
         expected,
         "the expected key (8FtS) raises no new-key alert"
     );
+    // every alert names the transaction or receipt of its change
+    let without_cause: Vec<String> = sqlx::query_scalar(
+        "select rule from alerts
+         where details->>'tx_hash' is null and details->>'receipt_hash' is null order by id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(without_cause, Vec::<String>::new());
 
     let (_, now) = clock();
     let d = Dispatcher::new(pool.clone(), &s, now).unwrap();
