@@ -588,6 +588,7 @@ async fn a_missing_database_is_created_or_the_error_says_what_to_run() {
         let mut url = reqwest::Url::parse(&base).unwrap();
         if let Some(u) = user {
             url.set_username(u).unwrap();
+            url.set_password(Some("kw-test-pw")).unwrap();
         }
         url.set_path(db);
         url.to_string()
@@ -619,7 +620,7 @@ async fn a_missing_database_is_created_or_the_error_says_what_to_run() {
     assert_eq!(tables, 1);
     // a role that may not create it: told what to run, exit 2, nothing made
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "create role {role} login nocreatedb"
+        "create role {role} login nocreatedb password 'kw-test-pw'"
     )))
     .execute(&admin)
     .await

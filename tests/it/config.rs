@@ -320,6 +320,17 @@ fn plain_smtp_is_refused_with_a_password_or_beyond_loopback() {
 }
 
 #[test]
+fn the_demo_config_of_docker_compose_is_valid() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"))
+            .unwrap();
+    let s = load(&text, &[]).unwrap();
+    assert_eq!(s.accounts.len(), 3);
+    assert_eq!(s.rpc.chain_id, "localnet");
+    assert!(s.notify.email.is_some(), "the demo mails every alert");
+}
+
+#[test]
 fn a_budget_too_small_for_mainnet_is_refused() {
     let p = problems(
         &shipped().replace("requests_per_second = 15", "requests_per_second = 2"),
