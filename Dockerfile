@@ -17,6 +17,7 @@ RUN mkdir -p src benches \
     && cargo build --release --locked \
     && rm -rf src benches
 COPY migrations migrations
+COPY scenarios scenarios
 COPY src src
 COPY benches benches
 # Newer than the stand-ins' build, so cargo rebuilds keywatch itself.

@@ -15,6 +15,18 @@ create table silences (
 );
 
 create index silences_active on silences (account_id, ends_at);
+
+-- a silence is announced by the leader, never born announced: whoever
+-- inserts one (the cli, or plain sql) cannot skip the announcement
+create function silences_unannounced() returns trigger language plpgsql as $$
+begin
+    new.announced_at := null;
+    return new;
+end;
+$$;
+
+create trigger silences_unannounced before insert on silences
+    for each row execute function silences_unannounced();
 create index silences_unannounced on silences (id) where announced_at is null;
 
 alter table alert_deliveries drop constraint alert_deliveries_status;

@@ -106,8 +106,12 @@ pub async fn silence(
                 .join(", ")
         )));
     }
-    if rule == Some("silence_started") {
-        return Err(bad_input("silence_started cannot be silenced"));
+    if let Some(r) = rule
+        && crate::ingest::alerts::UNSILENCEABLE.contains(&r)
+    {
+        return Err(bad_input(format!(
+            "{r} cannot be silenced: it is about keywatch itself or about silences"
+        )));
     }
     if duration.is_zero() || duration > MAX_SILENCE {
         return Err(bad_input(format!(
@@ -124,13 +128,13 @@ pub async fn silence(
     let settings = load_settings(config)?;
     let pool = connect(&settings).await?;
     let mut conn = pool.acquire().await.context("connecting")?;
-    let ends_at =
-        chrono::Utc::now() + chrono::Duration::from_std(duration).context("the duration")?;
-    let id = crate::store::silences::add(&mut conn, account.as_str(), rule, ends_at, reason)
-        .await
-        .context("recording the silence")?;
+    let seconds = i64::try_from(duration.as_secs()).context("the duration")?;
+    let (id, ends_at) =
+        crate::store::silences::add(&mut conn, account.as_str(), rule, seconds, reason)
+            .await
+            .context("recording the silence")?;
     println!(
-        "silence #{id}: {} on {account} until {} UTC ({reason}). It takes effect once the running leader has announced it on every channel.",
+        "silence #{id}: {} on {account} until {} UTC ({reason}). It takes effect once the running leader has queued its announcement on every channel.",
         rule.map(|r| format!("{r} alerts"))
             .unwrap_or_else(|| "all alerts".into()),
         ends_at.format("%Y-%m-%d %H:%M:%S")

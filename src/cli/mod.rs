@@ -314,8 +314,8 @@ pub async fn connect_as_is(settings: &Settings) -> Result<sqlx::PgPool, Failure>
     match crate::store::create::ensure_database(settings.database.url.expose_secret()).await {
         Ok(_) => {}
         Err(crate::store::StoreError::Invalid(why)) => return Err(bad_input(why)),
-        // an unreachable server is reported by the connection below
-        Err(_) => {}
+        // an unreachable server: the connection below reports it
+        Err(e) => tracing::debug!(error = %e, "could not check that the database exists"),
     }
     Ok(crate::store::connect(
         settings.database.url.expose_secret(),

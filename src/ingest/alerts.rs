@@ -114,6 +114,16 @@ pub struct AccountBlock {
     pub unknown_cause: Option<TxRef>,
 }
 
+/// Rules about keywatch itself and about silences: never silenced.
+pub const UNSILENCEABLE: &[&str] = &[
+    "silence_started",
+    "state_drift",
+    "ingest_stalled",
+    "ingest_recovered",
+    "ingest_stopped",
+    "delivery_failing",
+];
+
 /// While catching up (`suppress_old` false), an alert decided this long
 /// after its block's time is marked late: the block was missed while
 /// keywatch was down or blind.
@@ -148,18 +158,23 @@ pub async fn queue(
     let silences = if accounts.is_empty() {
         vec![]
     } else {
-        crate::store::silences::active(tx, &accounts, now).await?
+        // the block's time: an alert for a block from before the silence
+        // (a catch-up) is not silenced
+        crate::store::silences::active(tx, &accounts, block_time).await?
     };
     let mut queued = Vec::new();
     for ((d, _), keep) in drafts.iter_mut().zip(kept) {
         if !keep {
             continue;
         }
-        if late && let Some(obj) = d.details.as_object_mut() {
+        if late
+            && d.rule != "silence_started"
+            && let Some(obj) = d.details.as_object_mut()
+        {
             obj.insert("late".into(), serde_json::Value::Bool(true));
         }
         let silence = silences.iter().find(|s| {
-            d.rule != "silence_started"
+            !UNSILENCEABLE.contains(&d.rule)
                 && s.account_id == d.account_id
                 && s.rule.as_deref().is_none_or(|r| r == d.rule)
         });

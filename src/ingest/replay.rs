@@ -87,7 +87,7 @@ async fn facts(
         receipt_hash: b.receipt_hash.clone(),
     };
     let contract_cause = bal.iter().rfind(|b| b.contract_changed).map(tx_ref);
-    let deletion_cause = bal.iter().find(|b| b.deleted).map(tx_ref);
+    let deletion_cause = bal.iter().rfind(|b| b.deleted).map(tx_ref);
     let mut contract_changed = None;
     for b in bal.iter().filter(|b| b.contract_changed).cloned() {
         let columns = (

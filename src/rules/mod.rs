@@ -33,7 +33,6 @@ pub struct KeyWrite {
     pub receipt_hash: Option<String>,
 }
 
-/// Everything the per-block rules see for one account.
 /// The transaction and receipt of a change (either may be unknown).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TxRef {
@@ -47,6 +46,7 @@ impl TxRef {
     }
 }
 
+/// Everything the per-block rules see for one account.
 pub struct BlockFacts<'a> {
     pub account: &'a AccountId,
     pub label: Option<&'a str>,

@@ -27,8 +27,11 @@ pub fn dedup_key(d: &AlertDraft, block_hash: &str) -> String {
         block_hash
     );
     if let Some(event) = d.details.get("event").and_then(serde_json::Value::as_str) {
+        // hashed: an event (a permission with 2,000 bytes of method names)
+        // may be longer than an index entry can be
+        use sha2::Digest;
         key.push('|');
-        key.push_str(event);
+        key.push_str(&hex::encode(sha2::Sha256::digest(event.as_bytes())));
     }
     key
 }

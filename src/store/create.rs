@@ -35,8 +35,9 @@ pub async fn ensure_database(url: &str) -> Result<Ensured, StoreError> {
         Err(e) if code(&e).as_deref() == Some(NO_SUCH_DATABASE) => {}
         Err(e) => return Err(e.into()),
     }
-    let name = options.get_database().unwrap_or("").to_owned();
     let role = options.get_username().to_owned();
+    // no name in the url: PostgreSQL's default, the role's name
+    let name = options.get_database().unwrap_or(&role).to_owned();
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {quoted}")))

@@ -18,21 +18,23 @@ pub struct Silence {
     pub announced_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Records a silence from now until `ends_at`; returns its id.
+/// Records a silence from now (the database's clock) for `seconds`;
+/// returns its id and its end.
 pub async fn add(
     conn: &mut PgConnection,
     account: &str,
     rule: Option<&str>,
-    ends_at: chrono::DateTime<chrono::Utc>,
+    seconds: i64,
     reason: &str,
-) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "insert into silences (account_id, rule, ends_at, reason) values ($1, $2, $3, $4)
-         returning id",
+) -> Result<(i64, chrono::DateTime<chrono::Utc>), StoreError> {
+    Ok(sqlx::query_as(
+        "insert into silences (account_id, rule, ends_at, reason)
+         values ($1, $2, now() + $3 * interval '1 second', $4)
+         returning id, ends_at",
     )
     .bind(account)
     .bind(rule)
-    .bind(ends_at)
+    .bind(seconds)
     .bind(reason)
     .fetch_one(conn)
     .await?)
@@ -56,7 +58,8 @@ pub async fn mark_announced(conn: &mut PgConnection, id: i64) -> Result<(), Stor
     Ok(())
 }
 
-/// The announced silences of `accounts` in effect at `at`.
+/// The silences of `accounts` in effect for a block at `at`: announced
+/// by then, started and not ended.
 pub async fn active(
     conn: &mut PgConnection,
     accounts: &[&str],
@@ -67,7 +70,7 @@ pub async fn active(
     }
     Ok(sqlx::query_as(
         "select * from silences where account_id = any($1) and ends_at > $2 and starts_at <= $2
-           and announced_at is not null order by id",
+           and announced_at <= $2 order by id",
     )
     .bind(accounts)
     .bind(at)

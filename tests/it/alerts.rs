@@ -470,25 +470,33 @@ async fn a_rejecting_webhook_is_permanent_and_a_failing_one_is_retried(pool: PgP
 async fn a_silence_is_announced_first_then_its_alerts_are_recorded_not_sent(pool: PgPool) {
     let smtp = SmtpServer::start().await;
     let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
-    let sim = Simulator::start(story(), SimOptions::default())
-        .await
-        .unwrap();
+    // the story happens now: silences apply to blocks after they started
+    let mut sc = story();
+    sc.chain.genesis_time_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap() as u64;
+    let sim = Simulator::start(sc, SimOptions::default()).await.unwrap();
     let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
     // key deletions on the treasury, and everything on bob.near, for an hour
-    let until = chrono::Utc::now() + chrono::Duration::hours(1);
     let mut conn = pool.acquire().await.unwrap();
-    let rotation = store::silences::add(
+    let (rotation, _) = store::silences::add(
         &mut conn,
         "treasury.near",
         Some("key_deleted"),
-        until,
+        3600,
         "key rotation",
     )
     .await
     .unwrap();
-    store::silences::add(&mut conn, "bob.near", None, until, "closing the account")
+    store::silences::add(&mut conn, "bob.near", None, 3600, "closing the account")
         .await
         .unwrap();
+    // one put in by hand, as if already announced: it is announced all the same
+    sqlx::query(
+        "insert into silences (account_id, rule, ends_at, reason, announced_at)
+         values ('relayer.near', 'allowance_drain', now() + interval '1 hour', 'by hand', now())",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
     drop(conn);
     ingest(&pool, &sim, &s, 1000).await;
     let (_, now) = clock();
@@ -511,6 +519,14 @@ async fn a_silence_is_announced_first_then_its_alerts_are_recorded_not_sent(pool
     assert_eq!(by_status[0].0, "silence_started", "{by_status:#?}");
     assert_eq!(status_of("silence_started", "treasury.near"), ["delivered"]);
     assert_eq!(status_of("silence_started", "bob.near"), ["delivered"]);
+    assert_eq!(status_of("silence_started", "relayer.near"), ["delivered"]);
+    // (a silenced alert starts no cooldown: the drain, true at each of its
+    // writes, is recorded at each)
+    let drains = status_of("allowance_drain", "relayer.near");
+    assert!(
+        !drains.is_empty() && drains.iter().all(|st| *st == "silenced"),
+        "{drains:?}"
+    );
     // the silenced alerts: decided and recorded, not sent
     assert_eq!(status_of("key_deleted", "treasury.near"), ["silenced"; 4]);
     assert_eq!(status_of("account_deleted", "bob.near"), ["silenced"]);
