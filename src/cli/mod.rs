@@ -114,6 +114,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script, e.g.
+    /// `keywatch completions bash > /etc/bash_completion.d/keywatch`.
+    Completions { shell: clap_complete::Shell },
     /// Run the whole pipeline against the built-in simulator playing an
     /// attack on a treasury (in a scratch database, dropped after).
     Demo {
@@ -270,6 +273,16 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Backfill { from, to } => ingest::backfill(&cli.config, from, to).await,
         Command::Reconcile { accounts } => ingest::reconcile(&cli.config, &accounts).await,
         Command::Status { json } => status::status(&cli.config, json).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "keywatch",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -645,3 +645,30 @@ async fn a_missing_database_is_created_or_the_error_says_what_to_run() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn completions_are_printed_for_each_shell() {
+    for (shell, marks) in [
+        ("bash", &["_keywatch()", "complete -F _keywatch"][..]),
+        ("zsh", &["#compdef keywatch"]),
+        ("fish", &["complete -c keywatch"]),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+            .args(["completions", shell])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = stdout(&out);
+        for mark in marks {
+            assert!(text.contains(mark), "{shell}: no {mark:?}");
+        }
+        assert!(text.contains("silence"), "{shell}: every command is in it");
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .args(["completions", "cmd.exe"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad input");
+}
