@@ -76,7 +76,8 @@ pub struct FollowSummary {
 
 struct Progress {
     enabled: bool,
-    terminal: bool,
+    /// On a terminal: a bar (indicatif); elsewhere: a log line every 10 s.
+    bar: Option<indicatif::ProgressBar>,
     started: Instant,
     last_report: Instant,
     start_height: u64,
@@ -87,7 +88,7 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let every = if self.terminal {
+        let every = if self.bar.is_some() {
             Duration::from_millis(200)
         } else {
             Duration::from_secs(10)
@@ -106,20 +107,24 @@ impl Progress {
         } else {
             "?".into()
         };
-        let line = format!(
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done.min(total));
+            bar.set_message(format!(
+                "height {} / {target}, {rate:.1} blocks/s, ETA {eta}",
+                summary.last_height
+            ));
+            if force {
+                bar.finish();
+            }
+            return;
+        }
+        tracing::info!(
             "height {} / {target} ({:.1}%), {} blocks, {rate:.1} blocks/s, ETA {eta}",
             summary.last_height,
             100.0 * done as f64 / total as f64,
             summary.blocks
         );
-        if self.terminal {
-            eprint!("\r{line}   ");
-            if force {
-                eprintln!();
-            }
-        } else {
-            tracing::info!("{line}");
-        }
     }
 }
 
@@ -168,9 +173,17 @@ pub async fn follow_into(
     if let Some(h) = health {
         h.at_cursor(&first);
     }
+    let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40.cyan/blue} {percent:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
     let mut progress = Progress {
         enabled: opts.progress,
-        terminal: std::io::stderr().is_terminal(),
+        bar,
         started: Instant::now(),
         last_report: Instant::now(),
         start_height: first.height,
