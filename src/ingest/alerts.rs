@@ -414,14 +414,11 @@ pub async fn window_rules(
 }
 
 /// A value at the end of the settled block plus the increases after it.
-fn settled_value(at: Yocto, increases: &BigDecimal) -> Result<Yocto, IngestError> {
-    let up = numeric_to_yocto("increase", increases)?;
-    at.0.checked_add(up.0).map(Yocto).ok_or_else(|| {
-        IngestError::Invalid(format!(
-            "a settled value overflows u128: {} + {}",
-            at.0, up.0
-        ))
-    })
+/// Saturates: no real chain refunds more than u128 holds, and a hostile
+/// node's numbers must not stop ingestion (an error here would be fatal).
+fn settled_value(at: Yocto, increases: &BigDecimal) -> Yocto {
+    let up = numeric_to_yocto("increase", increases).unwrap_or(Yocto(u128::MAX));
+    Yocto(at.0.saturating_add(up.0))
 }
 
 /// What the block `settle` blocks before `header` wrote, from `recent`
@@ -478,7 +475,7 @@ fn drain(
         (Some(a), None) => (a, &w.refunded_allowance, false),
         (None, None) => return Ok(None), // unlimited: nothing to drain
     };
-    let now = settled_value(at, refunded)?;
+    let now = settled_value(at, refunded);
     let before = if is_gas {
         yocto(&w.before_gas_key_balance)?
     } else {
@@ -538,7 +535,7 @@ fn balance_drop(
         return Ok(None);
     };
     let (now_amount, now_locked) = (
-        settled_value(numeric_to_yocto("amount", &amount)?, &refunded_amount)?,
+        settled_value(numeric_to_yocto("amount", &amount)?, &refunded_amount),
         numeric_to_yocto("locked", &locked)?,
     );
     let (b_amount, b_locked) = (
@@ -568,6 +565,18 @@ fn balance_drop(
             "value": Yocto(now_amount.0.saturating_add(v.locked_increase.0)).to_string(),
             "drop": drop.to_string(), "percent": pct, "window": r.window.map(|w| humantime::format_duration(w).to_string())}),
     }))
+}
+
+/// The cursor's block as the block a system alert is decided at (its
+/// parent is not known here, nor needed).
+pub fn cursor_block(cursor: &crate::store::Cursor) -> Result<BlockHeader, IngestError> {
+    Ok(BlockHeader {
+        height: cursor.height,
+        hash: crate::domain::CryptoHash::parse(&cursor.hash)
+            .map_err(|e| IngestError::Invalid(format!("stored cursor hash: {e}")))?,
+        prev_hash: crate::domain::CryptoHash::from_bytes([0; 32]),
+        timestamp_ns: cursor.timestamp_ns,
+    })
 }
 
 /// A system alert (not tied to an account's block writes): state drift found
@@ -600,4 +609,20 @@ pub async fn system_alert(
     };
     let repeat = Repeat::of(d.rule, r);
     queue(tx, ctx, at, vec![(d, repeat)]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn a_settled_value_adds_the_refunds_and_saturates_instead_of_failing() {
+        let n = |s: &str| BigDecimal::from_str(s).unwrap();
+        assert_eq!(settled_value(Yocto(5), &n("7")), Yocto(12));
+        // two refunds near u128::MAX from a hostile node: more than u128
+        let huge = format!("{}", u128::MAX as f64 * 2.0);
+        assert_eq!(settled_value(Yocto(1), &n(&huge)), Yocto(u128::MAX));
+        assert_eq!(settled_value(Yocto(u128::MAX), &n("1")), Yocto(u128::MAX));
+    }
 }

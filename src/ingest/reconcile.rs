@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use sqlx::PgPool;
 
-use crate::domain::BlockHeader;
 use crate::domain::{AccessKey, AccountId, PublicKey};
 use crate::ingest::IngestError;
 use crate::ingest::alerts::{AlertContext, SystemAlert, system_alert};
@@ -219,13 +218,7 @@ async fn raise_drift(
     cursor: &Cursor,
     differences: &[Difference],
 ) -> Result<(), IngestError> {
-    let at = BlockHeader {
-        height: cursor.height,
-        hash: crate::domain::CryptoHash::parse(&cursor.hash)
-            .map_err(|e| IngestError::Invalid(e.to_string()))?,
-        prev_hash: crate::domain::CryptoHash::from_bytes([0; 32]),
-        timestamp_ns: cursor.timestamp_ns,
-    };
+    let at = crate::ingest::alerts::cursor_block(cursor)?;
     for d in differences {
         let key = d.key.as_ref().map(|k| k.to_string());
         let title = format!("Stored state of {} differs from the chain", d.account);

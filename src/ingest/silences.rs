@@ -6,9 +6,8 @@
 use sqlx::PgPool;
 
 use crate::config::Severity;
-use crate::domain::{BlockHeader, CryptoHash};
 use crate::ingest::IngestError;
-use crate::ingest::alerts::{AlertContext, queue};
+use crate::ingest::alerts::{AlertContext, cursor_block, queue};
 use crate::notify::render::clean;
 use crate::rules::AlertDraft;
 use crate::rules::repeat::Repeat;
@@ -25,13 +24,7 @@ pub async fn announce_silences(pool: &PgPool, ctx: &AlertContext) -> Result<usiz
     let Some(cursor) = store::cursor(&mut *tx).await? else {
         return Ok(0);
     };
-    let at = BlockHeader {
-        height: cursor.height,
-        hash: CryptoHash::parse(&cursor.hash)
-            .map_err(|e| IngestError::Invalid(format!("stored cursor hash: {e}")))?,
-        prev_hash: CryptoHash::from_bytes([0; 32]),
-        timestamp_ns: cursor.timestamp_ns,
-    };
+    let at = cursor_block(&cursor)?;
     // announced whatever `enabled` says: only the severity is configurable
     let severity = ctx
         .rules

@@ -146,6 +146,19 @@ pub(crate) async fn ingest(pool: &PgPool, sim: &Simulator, s: &Settings, start: 
     follow_to_head(pool, sim, s).await;
 }
 
+/// The attack story followed from 1000 with the shipped rules, an SMTP
+/// server and a webhook receiver that take everything.
+async fn story_ingested(pool: &PgPool) -> (SmtpServer, FakeNode, Simulator, Settings) {
+    let smtp = SmtpServer::start().await;
+    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
+    let sim = Simulator::start(story(), SimOptions::default())
+        .await
+        .unwrap();
+    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
+    ingest(pool, &sim, &s, 1000).await;
+    (smtp, hook, sim, s)
+}
+
 /// Lets the chain run `blocks` further (quiet blocks) and follows to the
 /// new head, so the window rules decide the last writes too.
 pub(crate) async fn follow_further(pool: &PgPool, sim: &Simulator, s: &Settings, blocks: u64) {
@@ -217,13 +230,7 @@ fn designed_alerts() -> Vec<(String, String, String)> {
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn the_attack_story_raises_exactly_the_designed_alerts_by_email_and_webhook(pool: PgPool) {
-    let smtp = SmtpServer::start().await;
-    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
-    let sim = Simulator::start(story(), SimOptions::default())
-        .await
-        .unwrap();
-    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
-    ingest(&pool, &sim, &s, 1000).await;
+    let (smtp, hook, _sim, s) = story_ingested(&pool).await;
 
     let expected = designed_alerts();
     assert_eq!(
@@ -801,13 +808,7 @@ async fn email_goes_out_over_starttls_with_authentication_and_over_implicit_tls(
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn rules_test_replays_history_into_the_same_alerts_and_keeps_nothing(pool: PgPool) {
-    let smtp = SmtpServer::start().await;
-    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
-    let sim = Simulator::start(story(), SimOptions::default())
-        .await
-        .unwrap();
-    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
-    ingest(&pool, &sim, &s, 1000).await;
+    let (smtp, hook, sim, s) = story_ingested(&pool).await;
     let stored = alerts(&pool).await;
     let head = sim.with_chain(|c| c.final_block().header.height);
     let replayed =
@@ -863,13 +864,7 @@ async fn rules_test_replays_history_into_the_same_alerts_and_keeps_nothing(pool:
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn pruning_blocks_without_history_keeps_history_and_replays_the_same_alerts(pool: PgPool) {
-    let smtp = SmtpServer::start().await;
-    let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
-    let sim = Simulator::start(story(), SimOptions::default())
-        .await
-        .unwrap();
-    let s = settings(&sim.url(), smtp.port, &hook.url, "3650days", STORY_ACCOUNTS);
-    ingest(&pool, &sim, &s, 1000).await;
+    let (_smtp, _hook, sim, s) = story_ingested(&pool).await;
     // a quiet stretch after the story
     follow_further(&pool, &sim, &s, 30).await;
     let ctx = AlertContext::from_settings(&s);
