@@ -160,12 +160,13 @@ impl Dispatcher {
     /// as long as it takes (and escalated meanwhile).
     fn outcome(&self, d: &Delivery, result: &Result<(), SendError>) -> Outcome {
         let attempts_so_far = d.attempts;
-        let counter = if result.is_ok() {
-            &crate::metrics::METRICS.deliveries_ok
-        } else {
-            &crate::metrics::METRICS.deliveries_failed
-        };
-        crate::metrics::add(counter, 1);
+        // the database's clock wrote created_at; the two clocks may differ
+        let since_commit = result.is_ok().then(|| {
+            (chrono::Utc::now() - d.created_at)
+                .to_std()
+                .unwrap_or_default()
+        });
+        crate::metrics::delivery(&d.channel, result.is_ok(), since_commit);
         match result {
             Ok(()) => Outcome::Delivered,
             Err(e) if e.permanent => Outcome::Permanent,

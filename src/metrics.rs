@@ -5,150 +5,278 @@
 //! with the reasons while it is starting, a standby, stalled, a dependency
 //! is failing or the outbox is stuck).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
 use crate::health::Health;
 
-/// Set once, read by `/metrics`: plain atomics, no locks on the hot path.
-pub struct Metrics {
-    pub rpc_requests: AtomicU64,
-    pub rpc_errors: AtomicU64,
-    /// Times following failed and was retried from the cursor.
-    pub ingest_failures: AtomicU64,
-    /// Total seconds spent in rpc requests, in microseconds.
-    pub rpc_micros: AtomicU64,
-    pub blocks: AtomicU64,
-    pub key_rows: AtomicU64,
-    pub balance_rows: AtomicU64,
-    pub alerts: AtomicU64,
-    pub deliveries_ok: AtomicU64,
-    pub deliveries_failed: AtomicU64,
-    pub head_height: AtomicU64,
-    pub cursor_height: AtomicU64,
+/// What a metric is, for Prometheus's `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-pub static METRICS: Metrics = Metrics {
-    rpc_requests: AtomicU64::new(0),
-    rpc_errors: AtomicU64::new(0),
-    ingest_failures: AtomicU64::new(0),
-    rpc_micros: AtomicU64::new(0),
-    blocks: AtomicU64::new(0),
-    key_rows: AtomicU64::new(0),
-    balance_rows: AtomicU64::new(0),
-    alerts: AtomicU64::new(0),
-    deliveries_ok: AtomicU64::new(0),
-    deliveries_failed: AtomicU64::new(0),
-    head_height: AtomicU64::new(0),
-    cursor_height: AtomicU64::new(0),
-};
+pub const RPC_REQUESTS: &str = "keywatch_rpc_requests_total";
+pub const RPC_ERRORS: &str = "keywatch_rpc_errors_total";
+pub const RPC_SECONDS: &str = "keywatch_rpc_request_duration_seconds";
+pub const INGEST_FAILURES: &str = "keywatch_ingest_failures_total";
+pub const BLOCKS: &str = "keywatch_blocks_ingested_total";
+pub const KEY_ROWS: &str = "keywatch_key_rows_total";
+pub const BALANCE_ROWS: &str = "keywatch_balance_rows_total";
+pub const APPLY_SECONDS: &str = "keywatch_block_apply_duration_seconds";
+pub const FINALITY_TO_COMMIT: &str = "keywatch_finality_to_commit_seconds";
+pub const ALERTS: &str = "keywatch_alerts_total";
+pub const DELIVERIES: &str = "keywatch_deliveries_total";
+pub const COMMIT_TO_DELIVERY: &str = "keywatch_commit_to_delivery_seconds";
+pub const HEAD: &str = "keywatch_final_head_height";
+pub const CURSOR: &str = "keywatch_cursor_height";
+pub const LAG: &str = "keywatch_lag_blocks";
+pub const BUILD_INFO: &str = "keywatch_build_info";
 
-pub fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+/// Every metric keywatch exports: name, kind, labels, help. The dashboard
+/// in `deploy/grafana` is checked against this exposition by a test.
+pub const EXPORTED: &[(&str, Kind, &[&str], &str)] = &[
+    (
+        RPC_REQUESTS,
+        Kind::Counter,
+        &["method"],
+        "JSON-RPC requests sent (each attempt)",
+    ),
+    (
+        RPC_ERRORS,
+        Kind::Counter,
+        &["method"],
+        "JSON-RPC attempts that failed",
+    ),
+    (
+        RPC_SECONDS,
+        Kind::Histogram,
+        &["method"],
+        "time of one JSON-RPC attempt, answer read",
+    ),
+    (
+        INGEST_FAILURES,
+        Kind::Counter,
+        &[],
+        "times following failed (rpc or database) and was retried from the cursor",
+    ),
+    (BLOCKS, Kind::Counter, &[], "blocks committed"),
+    (KEY_ROWS, Kind::Counter, &[], "key history rows written"),
+    (
+        BALANCE_ROWS,
+        Kind::Counter,
+        &[],
+        "balance history rows written",
+    ),
+    (
+        APPLY_SECONDS,
+        Kind::Histogram,
+        &[],
+        "time to apply and commit one transaction of consecutive blocks (a single block at the head)",
+    ),
+    (
+        FINALITY_TO_COMMIT,
+        Kind::Histogram,
+        &[],
+        "from reading a final head at or above a block to that block's commit",
+    ),
+    (
+        ALERTS,
+        Kind::Counter,
+        &["rule"],
+        "alerts written, sent, suppressed or silenced alike",
+    ),
+    (
+        DELIVERIES,
+        Kind::Counter,
+        &["channel", "outcome"],
+        "delivery attempts by outcome (delivered or failed)",
+    ),
+    (
+        COMMIT_TO_DELIVERY,
+        Kind::Histogram,
+        &["channel"],
+        "from the start of the transaction that wrote an alert to its delivery, retries included",
+    ),
+    (HEAD, Kind::Gauge, &[], "final head height last seen"),
+    (
+        CURSOR,
+        Kind::Gauge,
+        &[],
+        "height of the last committed block",
+    ),
+    (LAG, Kind::Gauge, &[], "final head minus cursor"),
+    (
+        BUILD_INFO,
+        Kind::Gauge,
+        &["version"],
+        "always 1; the version in its label",
+    ),
+];
+
+/// The JSON-RPC methods keywatch calls (by their current names; a node
+/// answering to the `EXPERIMENTAL_` names is counted under these).
+pub const RPC_METHODS: &[&str] = &["status", "block", "query", "changes", "block_effects"];
+/// The delivery channels.
+pub const CHANNELS: &[&str] = &["email", "webhook"];
+
+/// Histogram buckets (seconds) for every `_seconds` histogram: from a fast
+/// local query to a delivery retried for minutes.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HEAD_SEEN: AtomicU64 = AtomicU64::new(0);
+static CURSOR_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Installs the Prometheus recorder as the process's `metrics` recorder
+/// (once; later calls return the same handle) and registers every series
+/// keywatch can export, at zero, so a dashboard or an alert rule never
+/// meets a series that is missing only because nothing happened yet.
+/// Before this runs, metrics are recorded nowhere.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .expect("the buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics shows nothing");
+        }
+        describe_and_register();
+        // Histogram samples wait in the recorder until drained: drain them
+        // even when nothing scrapes.
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            })
+            .expect("a thread can be started");
+        handle
+    })
 }
 
-pub fn set(gauge: &AtomicU64, v: u64) {
-    gauge.store(v, Ordering::Relaxed);
+fn describe_and_register() {
+    for &(name, kind, _, help) in EXPORTED {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
+        }
+    }
+    for &m in RPC_METHODS {
+        metrics::counter!(RPC_REQUESTS, "method" => m).absolute(0);
+        metrics::counter!(RPC_ERRORS, "method" => m).absolute(0);
+        let _ = metrics::histogram!(RPC_SECONDS, "method" => m);
+    }
+    for name in [INGEST_FAILURES, BLOCKS, KEY_ROWS, BALANCE_ROWS] {
+        metrics::counter!(name).absolute(0);
+    }
+    let _ = metrics::histogram!(APPLY_SECONDS);
+    let _ = metrics::histogram!(FINALITY_TO_COMMIT);
+    for rule in crate::config::rules::rule_names() {
+        metrics::counter!(ALERTS, "rule" => rule).absolute(0);
+    }
+    for &channel in CHANNELS {
+        for outcome in ["delivered", "failed"] {
+            metrics::counter!(DELIVERIES, "channel" => channel, "outcome" => outcome).absolute(0);
+        }
+        let _ = metrics::histogram!(COMMIT_TO_DELIVERY, "channel" => channel);
+    }
+    for name in [HEAD, CURSOR, LAG] {
+        metrics::gauge!(name).set(0.0);
+    }
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// One JSON-RPC attempt.
+pub fn rpc_request(method: &'static str, took: Duration, ok: bool) {
+    metrics::counter!(RPC_REQUESTS, "method" => method).increment(1);
+    metrics::histogram!(RPC_SECONDS, "method" => method).record(took);
+    if !ok {
+        metrics::counter!(RPC_ERRORS, "method" => method).increment(1);
+    }
+}
+
+pub fn ingest_failed() {
+    metrics::counter!(INGEST_FAILURES).increment(1);
+}
+
+/// One committed transaction of `blocks` blocks, which took `took`; the
+/// final head that revealed them was read at `head_read`.
+pub fn committed(
+    blocks: u64,
+    key_rows: u64,
+    balance_rows: u64,
+    took: Duration,
+    head_read: Instant,
+) {
+    metrics::counter!(BLOCKS).increment(blocks);
+    metrics::counter!(KEY_ROWS).increment(key_rows);
+    metrics::counter!(BALANCE_ROWS).increment(balance_rows);
+    metrics::histogram!(APPLY_SECONDS).record(took);
+    let since_final = head_read.elapsed();
+    for _ in 0..blocks {
+        metrics::histogram!(FINALITY_TO_COMMIT).record(since_final);
+    }
+}
+
+/// Alerts written, by rule.
+pub fn alerts_written<'a>(rules: impl IntoIterator<Item = &'a str>) {
+    for rule in rules {
+        metrics::counter!(ALERTS, "rule" => rule.to_owned()).increment(1);
+    }
+}
+
+/// One delivery attempt; `since_commit` for one that delivered.
+pub fn delivery(channel: &str, delivered: bool, since_commit: Option<Duration>) {
+    let outcome = if delivered { "delivered" } else { "failed" };
+    metrics::counter!(DELIVERIES, "channel" => channel.to_owned(), "outcome" => outcome)
+        .increment(1);
+    if let Some(took) = since_commit {
+        metrics::histogram!(COMMIT_TO_DELIVERY, "channel" => channel.to_owned()).record(took);
+    }
+}
+
+pub fn head(height: u64) {
+    HEAD_SEEN.store(height, Ordering::Relaxed);
+    metrics::gauge!(HEAD).set(height as f64);
+    lag();
+}
+
+pub fn cursor(height: u64) {
+    CURSOR_SEEN.store(height, Ordering::Relaxed);
+    metrics::gauge!(CURSOR).set(height as f64);
+    lag();
+}
+
+fn lag() {
+    let (head, cursor) = (
+        HEAD_SEEN.load(Ordering::Relaxed),
+        CURSOR_SEEN.load(Ordering::Relaxed),
+    );
+    metrics::gauge!(LAG).set(head.saturating_sub(cursor) as f64);
 }
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
-    let m = &METRICS;
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let (head, cursor) = (get(&m.head_height), get(&m.cursor_height));
-    let lines = [
-        (
-            "keywatch_rpc_requests_total",
-            "counter",
-            "JSON-RPC requests sent",
-            get(&m.rpc_requests) as f64,
-        ),
-        (
-            "keywatch_rpc_errors_total",
-            "counter",
-            "JSON-RPC requests that failed (each attempt)",
-            get(&m.rpc_errors) as f64,
-        ),
-        (
-            "keywatch_ingest_failures_total",
-            "counter",
-            "times following failed (rpc or database) and was retried from the cursor",
-            get(&m.ingest_failures) as f64,
-        ),
-        (
-            "keywatch_rpc_request_seconds_total",
-            "counter",
-            "time spent in JSON-RPC requests",
-            get(&m.rpc_micros) as f64 / 1e6,
-        ),
-        (
-            "keywatch_blocks_ingested_total",
-            "counter",
-            "blocks committed",
-            get(&m.blocks) as f64,
-        ),
-        (
-            "keywatch_key_rows_total",
-            "counter",
-            "key history rows written",
-            get(&m.key_rows) as f64,
-        ),
-        (
-            "keywatch_balance_rows_total",
-            "counter",
-            "balance history rows written",
-            get(&m.balance_rows) as f64,
-        ),
-        (
-            "keywatch_alerts_total",
-            "counter",
-            "alerts decided",
-            get(&m.alerts) as f64,
-        ),
-        (
-            "keywatch_deliveries_delivered_total",
-            "counter",
-            "alert deliveries that succeeded",
-            get(&m.deliveries_ok) as f64,
-        ),
-        (
-            "keywatch_deliveries_failed_total",
-            "counter",
-            "delivery attempts that failed",
-            get(&m.deliveries_failed) as f64,
-        ),
-        (
-            "keywatch_final_head_height",
-            "gauge",
-            "final head height last seen",
-            head as f64,
-        ),
-        (
-            "keywatch_cursor_height",
-            "gauge",
-            "height of the last committed block",
-            cursor as f64,
-        ),
-        (
-            "keywatch_lag_blocks",
-            "gauge",
-            "final head minus cursor",
-            head.saturating_sub(cursor) as f64,
-        ),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, value) in lines {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    }
-    out
+    install().render()
 }
 
 #[derive(Clone)]
@@ -213,6 +341,7 @@ pub async fn serve(
     health: Arc<Health>,
     stalled_after: Duration,
 ) -> std::io::Result<()> {
+    install();
     let options = pool.connect_options().as_ref().clone();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)

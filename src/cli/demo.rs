@@ -1,16 +1,24 @@
 //! `keywatch demo`: the whole pipeline against the built-in chain simulator
-//! playing the attack story, in a scratch database that is dropped after.
+//! playing the attack story, in a scratch database (dropped after, unless
+//! `--keep`), every alert delivered: through the configured channels, or
+//! to a mail receiver on loopback that prints each mail it gets.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 use crate::cli::{CmdResult, Failure, bad_input, load_settings};
-use crate::config::StartAt;
+use crate::config::{EmailConfig, SmtpTls, StartAt};
+use crate::dispatch::Dispatcher;
 use crate::ingest::alerts::AlertContext;
 use crate::ingest::baseline::{init_cursor, start_tracking};
 use crate::ingest::follower::{FollowOptions, follow};
+use crate::notify::inbox::Received;
+use crate::notify::render::clean;
 use crate::rpc::{RpcClient, RpcSettings};
 use crate::sim::{Clock, Scenario, SimOptions, Simulator};
 use crate::store::watch::NewWatch;
@@ -18,25 +26,130 @@ use crate::store::watch::NewWatch;
 const STORY: &str = include_str!("../../scenarios/attack.toml");
 const EXPECTED: &str = "ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6";
 
-pub async fn demo(config: &std::path::Path, fast: bool) -> CmdResult {
-    let settings = load_settings(config)?;
-    let base = settings.database.url.expose_secret().to_owned();
-    let admin = sqlx::PgPool::connect(&base)
+/// Three questions to ask of what the demo stored; the README's SQL
+/// cookbook opens with them and a test runs them.
+pub const QUERIES: [(&str, &str); 3] = [
+    (
+        "Which keys could sign for treasury.near at the end of block 1010?",
+        "select public_key, permission, allowance
+from (
+  select distinct on (public_key) *
+  from key_history
+  where account_id = 'treasury.near'
+    and block_height <= 1010 and action <> 'nonce_slot'
+  order by public_key, block_height desc,
+           case source when 'chain' then 0 when 'baseline' then 1 else 2 end desc,
+           index_in_block desc
+) last_write
+where action <> 'deleted';",
+    ),
+    (
+        "Every full-access key (plain or gas key) added, newest first:",
+        "select account_id, public_key, permission, block_height, tx_hash
+from key_history
+where action = 'added'
+  and permission in ('full_access', 'gas_key_full_access')
+order by block_height desc, index_in_block desc;",
+    ),
+    (
+        "Every alert and what became of it, channel by channel:",
+        "select alert_id, rule, account_id, change_block_height, channel, status
+from alert_log
+order by alert_id, channel;",
+    ),
+];
+
+pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult {
+    let mut settings = load_settings(config)?;
+    let options: PgConnectOptions = settings
+        .database
+        .url
+        .expose_secret()
+        .parse()
+        .map_err(|e| bad_input(format!("database.url: {e}")))?;
+    // the server's own database: the demo makes its own and needs no other
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
         .await
-        .context("cannot connect to the database (database.url or DATABASE_URL)")?;
+        .context("cannot connect to the database server (database.url or DATABASE_URL)")?;
     let name = format!("keywatch_demo_{}", std::process::id());
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&admin)
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut admin)
         .await
         .context("the demo needs a role that may create a scratch database")?;
-    let result = run_demo(&settings, &base, &name, fast).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "drop database if exists {name} with (force)"
-    )))
-    .execute(&admin)
-    .await
-    .context("dropping the demo database")?;
+    let inbox = if settings.notify.email.is_none() && settings.notify.webhook.is_none() {
+        Some(use_inbox(&mut settings).await?)
+    } else {
+        None
+    };
+    let base = settings.database.url.expose_secret();
+    let result = run_demo(&settings, base, &name, fast, inbox).await;
+    if keep {
+        let mut url = reqwest::Url::parse(settings.database.url.expose_secret())
+            .map_err(|e| bad_input(format!("database url: {e}")))?;
+        url.set_path(&name);
+        let _ = url.set_password(None);
+        println!("\nkept the database: psql {url}");
+    } else {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "drop database if exists {name} with (force)"
+        )))
+        .execute(&mut admin)
+        .await
+        .context("dropping the demo database")?;
+        println!("\ndropped the scratch database {name}; `keywatch demo --keep` keeps it");
+    }
     result
+}
+
+/// No channel is configured: every alert is mailed to a receiver on
+/// loopback, which prints each mail as it arrives.
+async fn use_inbox(settings: &mut crate::config::Settings) -> Result<Inbox, Failure> {
+    let (port, mails) = crate::notify::inbox::start()
+        .await
+        .context("starting the demo's mail receiver on 127.0.0.1")?;
+    let mailbox = |s: &str| {
+        s.parse::<lettre::message::Mailbox>()
+            .expect("a valid address")
+    };
+    settings.notify.email = Some(EmailConfig {
+        host: "127.0.0.1".into(),
+        port,
+        tls: SmtpTls::None,
+        username: None,
+        password: None,
+        from: mailbox("keywatch <keywatch@localhost>"),
+        to: vec![mailbox("you@localhost")],
+        to_by_severity: Default::default(),
+        timeout: Duration::from_secs(10),
+        ca_pem: None,
+    });
+    // a digest of the story's warnings after seconds, not minutes
+    settings.notify.batch_interval = settings.notify.batch_interval.min(DEMO_BATCH);
+    Ok(Inbox { port, mails })
+}
+
+const DEMO_BATCH: Duration = Duration::from_secs(2);
+
+/// The demo's own mail receiver.
+struct Inbox {
+    port: u16,
+    mails: tokio::sync::mpsc::UnboundedReceiver<Received>,
+}
+
+/// How many lines of each mail's text are printed.
+const MAIL_LINES: usize = 6;
+
+fn print_mail(n: usize, mail: &Received) {
+    println!("\n  mail {n} to {}: {}", mail.to.join(", "), mail.subject);
+    for line in mail
+        .text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty() && *l != mail.subject)
+        .take(MAIL_LINES)
+    {
+        println!("  | {line}");
+    }
 }
 
 async fn run_demo(
@@ -44,6 +157,7 @@ async fn run_demo(
     base: &str,
     name: &str,
     fast: bool,
+    inbox: Option<Inbox>,
 ) -> CmdResult {
     let mut url = reqwest::Url::parse(base).map_err(|e| bad_input(format!("database url: {e}")))?;
     url.set_path(name);
@@ -53,8 +167,13 @@ async fn run_demo(
     crate::store::migrate(&pool)
         .await
         .context("migrating the demo database")?;
-    let scenario = Scenario::from_toml(STORY, "the built-in demo story")
+    let mut scenario = Scenario::from_toml(STORY, "the built-in demo story")
         .map_err(|e| Failure::Other(e.into()))?;
+    // the story happens now: its alerts are news, as live ones are
+    scenario.chain.genesis_time_ns = chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .and_then(|ns| u64::try_from(ns).ok())
+        .context("the clock is before 1970")?;
     let (start, end) = (scenario.chain.start_height, scenario.last_action_height());
     let clock = if fast { Clock::OnRead } else { Clock::RealTime };
     let sim = Simulator::start(
@@ -76,6 +195,16 @@ async fn run_demo(
             "one block per 600 ms"
         }
     );
+    match &inbox {
+        Some(inbox) => println!(
+            "no channel configured: alerts are mailed to the demo's receiver on 127.0.0.1:{}",
+            inbox.port
+        ),
+        None => println!(
+            "alerts go out through the configured channels ({})",
+            AlertContext::from_settings(settings).channels.join(", ")
+        ),
+    }
     let rpc = RpcClient::new(RpcSettings {
         urls: vec![sim.url()],
         ..RpcSettings::default()
@@ -108,50 +237,111 @@ async fn run_demo(
     init_cursor(&pool, &rpc, StartAt::Height(start + 1))
         .await
         .map_err(|e| Failure::Other(e.into()))?;
-    let mut ctx = AlertContext::from_settings(settings);
-    ctx.channels = vec![];
-    // The story is played as news, not as a backfill of old blocks: its
-    // alerts are decided as live ones are (cooldowns and escalation
-    // included), whatever the simulated clock says.
-    ctx.suppress_old
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let ctx = AlertContext::from_settings(settings);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let dispatcher = Dispatcher::new(pool.clone(), settings, Arc::new(chrono::Utc::now))
+        .map_err(|e| bad_input(e.to_string()))?;
+    let dispatching = {
+        let stop = stop.clone();
+        tokio::spawn(async move { dispatcher.run(stop, DRAIN).await })
+    };
+    let printing = tokio::spawn(print_alerts(pool.clone()));
+    let (mails_done, done) = tokio::sync::oneshot::channel();
+    let mails = inbox.map(|inbox| tokio::spawn(print_mails(inbox.mails, done)));
     let opts = FollowOptions {
         until_height: Some(end),
         poll_interval: Duration::from_millis(100),
         ..FollowOptions::default()
     };
-    let printer_pool = pool.clone();
-    let printing = tokio::spawn(async move {
-        let mut seen = 0i64;
-        loop {
-            let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
-                "select id, block_height, severity, title from alerts where id > $1 order by id",
-            )
-            .bind(seen)
-            .fetch_all(&printer_pool)
-            .await
-            .unwrap_or_default();
-            for (id, h, sev, title) in rows {
-                println!("block {h}  [{}] {title}", sev.to_uppercase());
-                seen = id;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    let summary = follow(&pool, &rpc, &opts, Some(&ctx), stop)
+    let summary = follow(&pool, &rpc, &opts, Some(&ctx), stop.clone())
         .await
-        .map_err(|e| Failure::Other(e.into()))?;
+        .map_err(|e| Failure::Other(e.into()));
+    // every delivery is attempted before the demo ends
+    let _ = stop_tx.send(true);
+    let dispatched = dispatching.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     printing.abort();
-    let alerts: i64 = sqlx::query_scalar("select count(*) from alerts")
-        .fetch_one(&pool)
-        .await
-        .context("counting alerts")?;
+    let summary = summary?;
+    dispatched
+        .context("the dispatcher ended abnormally")?
+        .map_err(|e| Failure::Other(e.into()))?;
+    let (alerts, delivered, undelivered): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from alerts),
+                count(*) filter (where status = 'delivered'),
+                count(*) filter (where status in ('pending', 'failed'))
+         from alert_deliveries",
+    )
+    .fetch_one(&pool)
+    .await
+    .context("counting alerts")?;
+    let _ = mails_done.send(());
+    let received = match mails {
+        Some(task) => format!(", {} mails received", task.await.context("printing mails")?),
+        None => String::new(),
+    };
     println!(
-        "done: {} blocks ingested, {} key rows, {} balance rows, {alerts} alerts",
+        "\ndone: {} blocks ingested, {} key rows, {} balance rows, {alerts} alerts, \
+         {delivered} deliveries made{received}",
         summary.blocks, summary.key_rows, summary.balance_rows
     );
+    if undelivered > 0 {
+        println!("{undelivered} deliveries did not go out: see `keywatch alerts` or alert_log");
+    }
+    println!(
+        "\nTry these on what it stored (views: key_history, current_keys, balance_history, alert_log):"
+    );
+    for (question, sql) in QUERIES {
+        println!("\n-- {question}\n{sql}");
+    }
     pool.close().await;
     Ok(())
+}
+
+/// How long the demo keeps delivering after the story ends.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Prints each alert as it is decided.
+async fn print_alerts(pool: sqlx::PgPool) {
+    let mut seen = 0i64;
+    loop {
+        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
+            "select id, block_height, severity, title from alerts where id > $1 order by id",
+        )
+        .bind(seen)
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        for (id, h, sev, title) in rows {
+            println!("block {h}  [{}] {}", sev.to_uppercase(), clean(&title));
+            seen = id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Prints each mail the receiver gets until `done`, then those already
+/// received (the receiver queues a mail before it accepts it, so once the
+/// dispatcher has finished every mail is queued); returns how many.
+async fn print_mails(
+    mut mails: tokio::sync::mpsc::UnboundedReceiver<Received>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> usize {
+    let mut n = 0;
+    loop {
+        tokio::select! {
+            mail = mails.recv() => match mail {
+                Some(mail) => {
+                    n += 1;
+                    print_mail(n, &mail);
+                }
+                None => return n,
+            },
+            _ = &mut done => break,
+        }
+    }
+    while let Ok(mail) = mails.try_recv() {
+        n += 1;
+        print_mail(n, &mail);
+    }
+    n
 }

@@ -3,7 +3,7 @@
 //! Exit codes: 0 success, 2 bad input (config, arguments), 1 anything else.
 
 mod alerts;
-mod demo;
+pub mod demo;
 mod ingest;
 mod output;
 mod run;
@@ -118,11 +118,16 @@ pub enum Command {
     /// `keywatch completions bash > /etc/bash_completion.d/keywatch`.
     Completions { shell: clap_complete::Shell },
     /// Run the whole pipeline against the built-in simulator playing an
-    /// attack on a treasury (in a scratch database, dropped after).
+    /// attack on a treasury, delivering every alert (through the configured
+    /// channels, or to a mail receiver on loopback that prints each mail),
+    /// in a scratch database dropped after.
     Demo {
         /// Produce blocks as fast as they are read instead of every 600 ms.
         #[arg(long)]
         fast: bool,
+        /// Keep the scratch database, to query what the demo stored.
+        #[arg(long)]
+        keep: bool,
     },
     /// Serve a scripted NEAR chain over JSON-RPC (see scenarios/README.md).
     Simulate {
@@ -269,7 +274,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             duration,
             reason,
         } => alerts::silence(&cli.config, &account, rule.as_deref(), duration, &reason).await,
-        Command::Demo { fast } => demo::demo(&cli.config, fast).await,
+        Command::Demo { fast, keep } => demo::demo(&cli.config, fast, keep).await,
         Command::Backfill { from, to } => ingest::backfill(&cli.config, from, to).await,
         Command::Reconcile { accounts } => ingest::reconcile(&cli.config, &accounts).await,
         Command::Status { json } => status::status(&cli.config, json).await,

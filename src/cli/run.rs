@@ -48,6 +48,7 @@ enum Led {
 
 pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) -> CmdResult {
     let settings = load_settings(config)?;
+    crate::metrics::install();
     let health = Arc::new(Health::default());
     let channels = Arc::new(Channels::from_settings(&settings).map_err(bad_input)?);
     let me = process_name();

@@ -192,8 +192,8 @@ pub async fn queue(
         queued.push((&*d, outcome));
     }
     let created = insert_many(tx, &queued, &at, &ctx.channels).await?;
-    crate::metrics::add(&crate::metrics::METRICS.alerts, created);
-    Ok(created as usize)
+    crate::metrics::alerts_written(created.iter().map(String::as_str));
+    Ok(created.len())
 }
 
 /// Which drafts fire, given the last alert of each one's rule, account and

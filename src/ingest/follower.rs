@@ -224,11 +224,12 @@ pub async fn follow_into(
         }
         let final_head = rpc.block(&BlockRef::Final).await?.header;
         pacer.saw(final_head.height, Instant::now());
-        crate::metrics::set(&crate::metrics::METRICS.head_height, final_head.height);
+        let head_read = Instant::now();
+        crate::metrics::head(final_head.height);
         if let Some(h) = health {
             h.saw_head(final_head.height);
         }
-        crate::metrics::set(&crate::metrics::METRICS.cursor_height, cursor.height);
+        crate::metrics::cursor(cursor.height);
         let target = *caught_up_at.get_or_insert(final_head.height);
         if opts.exit_when_caught_up && cursor.height >= target {
             break;
@@ -281,6 +282,7 @@ pub async fn follow_into(
             alerts,
             stop: &stop,
             report_to: opts.until_height.unwrap_or(final_head.height),
+            head_read,
         };
         run.ingest(headers, watched, summary, &mut progress, &mut memory)
             .await?;
@@ -301,6 +303,8 @@ struct Follow<'a> {
     stop: &'a watch::Receiver<bool>,
     /// The height progress is reported against.
     report_to: u64,
+    /// When the final head these blocks are under was read.
+    head_read: Instant,
 }
 
 impl Follow<'_> {
@@ -387,21 +391,31 @@ impl Follow<'_> {
         summary: &mut FollowSummary,
         memory: &mut Memory,
     ) -> Result<(), IngestError> {
-        use crate::metrics::{METRICS, add, set};
         while !run.is_empty() {
+            let started = Instant::now();
             let applied =
                 apply_blocks(self.pool, &run, self.alerts, self.opts.epoch, memory).await?;
+            let (mut key_rows, mut balance_rows) = (0, 0);
             for c in &applied.committed {
-                add(&METRICS.blocks, 1);
-                add(&METRICS.key_rows, c.key_rows as u64);
-                add(&METRICS.balance_rows, c.balance_rows as u64);
-                summary.blocks += 1;
-                summary.key_rows += c.key_rows as u64;
-                summary.balance_rows += c.balance_rows as u64;
+                key_rows += c.key_rows as u64;
+                balance_rows += c.balance_rows as u64;
+            }
+            if !applied.committed.is_empty() {
+                let blocks = applied.committed.len() as u64;
+                crate::metrics::committed(
+                    blocks,
+                    key_rows,
+                    balance_rows,
+                    started.elapsed(),
+                    self.head_read,
+                );
+                summary.blocks += blocks;
+                summary.key_rows += key_rows;
+                summary.balance_rows += balance_rows;
             }
             let done = applied.skipped + applied.committed.len();
             if let Some(last) = done.checked_sub(1).map(|i| &run[i].header) {
-                set(&METRICS.cursor_height, last.height);
+                crate::metrics::cursor(last.height);
                 summary.last_height = summary.last_height.max(last.height);
                 if let (Some(h), false) = (&self.opts.health, applied.committed.is_empty()) {
                     h.committed(&Cursor {

@@ -53,7 +53,7 @@ pub async fn follow_forever(
                 if let Some(h) = &opts.health {
                     h.failed(e.dependency(), &message);
                 }
-                crate::metrics::add(&crate::metrics::METRICS.ingest_failures, 1);
+                crate::metrics::ingest_failed();
                 let wait = backoff(failures, retry.0, retry.1);
                 tracing::warn!(
                     error = %message,

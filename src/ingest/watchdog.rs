@@ -338,7 +338,7 @@ impl Watchdog {
         .await;
         match written {
             Ok(()) => {
-                crate::metrics::add(&crate::metrics::METRICS.alerts, 1);
+                crate::metrics::alerts_written([a.draft.rule]);
                 true
             }
             Err(e) => {

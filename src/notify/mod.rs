@@ -3,6 +3,7 @@
 //! failure (retry later) or a permanent one (give up).
 
 pub mod email;
+pub mod inbox;
 pub mod render;
 pub mod webhook;
 

@@ -295,33 +295,30 @@ impl Transport {
             (true, Some(legacy)) => legacy,
             _ => method.name,
         };
-        match self.timed(lane, ep, name, params).await {
+        match self.timed(lane, ep, method.name, name, params).await {
             Err(e) if e.is_method_not_found() && !use_legacy && method.legacy.is_some() => {
                 tracing::info!(url = %ep.display, method = method.name, "node does not know this method name; using EXPERIMENTAL_ names from now on");
                 ep.legacy_names.store(true, Ordering::Relaxed);
-                self.request(lane, ep, method.legacy.expect("checked"), params)
-                    .await
+                let legacy = method.legacy.expect("checked");
+                self.timed(lane, ep, method.name, legacy, params).await
             }
             other => other,
         }
     }
 
-    /// [`Self::request`], counted and timed for the metrics.
+    /// [`Self::request`], counted and timed for the metrics under the
+    /// method's current name `label` (whichever name was sent).
     async fn timed<T: DeserializeOwned>(
         &self,
         lane: Lane,
         ep: &Endpoint,
+        label: &'static str,
         name: &str,
         params: &Value,
     ) -> Result<T, RpcError> {
-        use crate::metrics::{METRICS, add};
         let started = std::time::Instant::now();
         let result = self.request(lane, ep, name, params).await;
-        add(&METRICS.rpc_requests, 1);
-        add(&METRICS.rpc_micros, started.elapsed().as_micros() as u64);
-        if result.is_err() {
-            add(&METRICS.rpc_errors, 1);
-        }
+        crate::metrics::rpc_request(label, started.elapsed(), result.is_ok());
         result
     }
 

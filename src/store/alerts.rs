@@ -248,15 +248,15 @@ impl Disposition {
 /// in the state its [`Disposition`] says, in one statement; the dedup keys make
 /// a replayed block insert nothing, and the outbox is woken once if
 /// anything is pending. An alert not sent (suppressed or silenced) starts
-/// no cooldown. Returns how many alerts were new.
+/// no cooldown. Returns the rule of each alert that was new.
 pub async fn insert_many(
     tx: &mut PgConnection,
     drafts: &[(&AlertDraft, Disposition)],
     at: &Decided<'_>,
     channels: &[&str],
-) -> Result<u64, StoreError> {
+) -> Result<Vec<String>, StoreError> {
     if drafts.is_empty() {
-        return Ok(0);
+        return Ok(vec![]);
     }
     let keys: Vec<String> = drafts
         .iter()
@@ -272,7 +272,7 @@ pub async fn insert_many(
     let titles: Vec<&str> = drafts.iter().map(|(d, _)| d.title.as_str()).collect();
     let details: Vec<&serde_json::Value> = drafts.iter().map(|(d, _)| &d.details).collect();
     let statuses: Vec<&str> = drafts.iter().map(|(_, o)| o.status()).collect();
-    let (created, pending): (i64, i64) = sqlx::query_as(
+    let (created, pending): (Vec<String>, i64) = sqlx::query_as(
         "with drafts as (
              select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::jsonb[], $8::text[]) with ordinality
@@ -284,7 +284,7 @@ pub async fn insert_many(
                     status <> 'pending'
              from drafts order by n
              on conflict on constraint alerts_dedup_key do nothing
-             returning id, dedup_key),
+             returning id, dedup_key, rule),
          queued as (
              -- in the order the drafts came, channel by channel, as the
              -- dispatcher sends by id
@@ -295,7 +295,8 @@ pub async fn insert_many(
              order by d.n, ch.m
              on conflict on constraint alert_deliveries_alert_channel do nothing
              returning status)
-         select (select count(*) from created), (select count(*) from queued where status = 'pending')",
+         select (select coalesce(array_agg(rule), '{}') from created),
+                (select count(*) from queued where status = 'pending')",
     )
     .bind(keys)
     .bind(rules)
@@ -318,7 +319,7 @@ pub async fn insert_many(
             .execute(&mut *tx)
             .await?;
     }
-    Ok(created as u64)
+    Ok(created)
 }
 
 /// When keywatch went blind, if the last `ingest_stalled` (of the last day)

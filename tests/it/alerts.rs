@@ -1072,9 +1072,18 @@ async fn scheduled_jobs_reconcile_prune_attempts_and_mail_the_daily_report(pool:
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn metrics_health_and_readiness_are_served(pool: PgPool) {
     use keywatch::health::{Dependency, Health, Role};
+    // the recorder is process-wide: tests running beside this one add to
+    // the counters, so only lower bounds are asserted
+    keywatch::metrics::install();
     let smtp = SmtpServer::start().await;
     let hook = FakeNode::start(|_, _| Canned::text(200, "ok")).await;
-    let _story = one_alert_story(&pool, &smtp, &hook).await;
+    let (s, _sim) = one_alert_story(&pool, &smtp, &hook).await;
+    let (_, now) = clock();
+    let sent = Dispatcher::new(pool.clone(), &s, now)
+        .unwrap()
+        .run_once()
+        .await;
+    assert_eq!(sent.unwrap(), 2, "the alert by email and by webhook");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let health = Arc::new(Health::default());
@@ -1095,19 +1104,28 @@ async fn metrics_health_and_readiness_are_served(pool: PgPool) {
         .text()
         .await
         .unwrap();
-    let value = |name: &str| -> f64 {
+    // the sum over the series whose name and labels start with `series`
+    let value = |series: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .and_then(|l| l.split(' ').nth(1))
-            .unwrap()
-            .parse()
-            .unwrap()
+            .filter(|l| !l.starts_with('#') && l.starts_with(series))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
     };
-    assert!(value("keywatch_blocks_ingested_total") >= 5.0, "{metrics}");
-    assert!(value("keywatch_rpc_requests_total") > 0.0);
-    assert!(value("keywatch_alerts_total") >= 1.0);
+    assert!(value("keywatch_blocks_ingested_total ") >= 5.0, "{metrics}");
+    assert!(value("keywatch_rpc_requests_total{method=\"block\"}") > 0.0);
+    assert!(value("keywatch_rpc_request_duration_seconds_count{method=\"block\"}") > 0.0);
+    assert!(value("keywatch_alerts_total{rule=\"new_full_access_key\"}") >= 1.0);
+    assert!(value("keywatch_deliveries_total{channel=\"email\",outcome=\"delivered\"}") >= 1.0);
+    assert!(value("keywatch_commit_to_delivery_seconds_count{channel=\"webhook\"}") >= 1.0);
+    assert!(value("keywatch_block_apply_duration_seconds_count ") >= 1.0);
+    assert!(value("keywatch_finality_to_commit_seconds_count ") >= 5.0);
     assert!(metrics.contains("# TYPE keywatch_lag_blocks gauge"));
+    assert!(metrics.contains("# TYPE keywatch_rpc_request_duration_seconds histogram"));
+    assert!(metrics.contains(&format!(
+        "keywatch_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
     let get = |path: &'static str| {
         let http = http.clone();
         async move {

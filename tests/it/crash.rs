@@ -452,38 +452,6 @@ async fn keywatch_alerts_shows_a_permanent_rejection(pool: PgPool) {
     assert_eq!(json["deliveries"][0]["attempts"], 1);
 }
 
-#[tokio::test]
-async fn demo_plays_the_attack_story_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir, "http://127.0.0.1:1/");
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let mut cmd = keywatch(&cfg, &base, &["demo", "--fast"]);
-    cmd.stdout(std::process::Stdio::piped());
-    let out = cmd.output().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("block 1006  [CRITICAL] New full-access key on treasury.near"),
-        "{text}"
-    );
-    assert!(
-        text.contains("block 1026  [CRITICAL] treasury.near has no full-access key left"),
-        "{text}"
-    );
-    assert!(text.contains(", 12 alerts"), "{text}");
-    let pool = PgPool::connect(&base).await.unwrap();
-    let left: i64 =
-        sqlx::query_scalar("select count(*) from pg_database where datname like 'keywatch_demo_%'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(left, 0, "the scratch database is dropped");
-}
-
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn a_deleted_account_s_history_is_backfilled_with_no_extra_flag(pool: PgPool) {
     // bob.near is deleted at 1028; the head is past it
