@@ -353,3 +353,86 @@ fn too_few_database_connections_are_refused() {
         "{p:?}"
     );
 }
+
+/// Every key line of the shipped file, in order: (`section.key`, the value
+/// as written, or None for a key left commented out).
+fn shipped_keys() -> Vec<(String, Option<String>)> {
+    let mut section = String::new();
+    let mut keys = vec![];
+    for line in shipped().lines() {
+        let (commented, line) = match line.strip_prefix('#') {
+            Some(rest) => (true, rest.trim_start()),
+            None => (false, line),
+        };
+        let header = line.trim_end();
+        if header.starts_with('[') && header.ends_with(']') {
+            section = header.trim_matches(['[', ']']).to_owned();
+            continue;
+        }
+        let Some((key, value)) = line.split_once(" = ") else {
+            continue;
+        };
+        if section.is_empty()
+            || key.is_empty()
+            || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            continue;
+        }
+        // `id = "x"        # required`
+        let value = value.split("  #").next().unwrap().trim();
+        keys.push((
+            format!("{section}.{key}"),
+            (!commented).then(|| value.to_owned()),
+        ));
+    }
+    keys
+}
+
+/// The rows of the README's configuration reference, in order.
+fn reference_rows() -> Vec<(String, Option<String>)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("\n### Reference\n")
+        .expect("the README has a reference");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let key = cells[0].trim_start_matches("| ").trim_matches('`');
+            let default = match cells[1] {
+                "—" => None,
+                d => Some(
+                    d.strip_prefix('`')
+                        .and_then(|d| d.strip_suffix('`'))
+                        .unwrap_or(d),
+                ),
+            };
+            (key.to_owned(), default.map(str::to_owned))
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_reference_lists_every_key_of_the_shipped_file_with_its_default() {
+    let file = shipped_keys();
+    assert!(file.len() > 100, "{file:?}");
+    assert!(file.contains(&("notify.email.port".into(), None)));
+    assert!(file.contains(&("retention.blocks".into(), Some("\"7days\"".into()))));
+    let readme = reference_rows();
+    for (row, key) in readme.iter().zip(&file) {
+        assert_eq!(
+            row, key,
+            "README reference row against config/keywatch.toml"
+        );
+    }
+    assert_eq!(
+        readme.len(),
+        file.len(),
+        "{:?}",
+        &readme[readme.len().min(file.len())..]
+    );
+}
