@@ -160,7 +160,8 @@ impl Dispatcher {
     /// as long as it takes (and escalated meanwhile).
     fn outcome(&self, d: &Delivery, result: &Result<(), SendError>) -> Outcome {
         let attempts_so_far = d.attempts;
-        // the database's clock wrote created_at; the two clocks may differ
+        // real time, not the injectable `now` (a test's clock): the
+        // database's clock wrote created_at, and the two may differ
         let since_commit = result.is_ok().then(|| {
             (chrono::Utc::now() - d.created_at)
                 .to_std()

@@ -123,9 +123,6 @@ pub const EXPORTED: &[(&str, Kind, &[&str], &str)] = &[
     ),
 ];
 
-/// The JSON-RPC methods keywatch calls (by their current names; a node
-/// answering to the `EXPERIMENTAL_` names is counted under these).
-pub const RPC_METHODS: &[&str] = &["status", "block", "query", "changes", "block_effects"];
 /// The delivery channels.
 pub const CHANNELS: &[&str] = &["email", "webhook"];
 
@@ -180,7 +177,9 @@ fn describe_and_register() {
             Kind::Histogram => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
         }
     }
-    for &m in RPC_METHODS {
+    // a node answering to the `EXPERIMENTAL_` names is counted under the
+    // current ones
+    for m in crate::rpc::client::METHOD_NAMES {
         metrics::counter!(RPC_REQUESTS, "method" => m).absolute(0);
         metrics::counter!(RPC_ERRORS, "method" => m).absolute(0);
         let _ = metrics::histogram!(RPC_SECONDS, "method" => m);
@@ -221,20 +220,17 @@ pub fn ingest_failed() {
 /// One committed transaction of `blocks` blocks, which took `took`; the
 /// final head that revealed them was read at `head_read`.
 pub fn committed(
-    blocks: u64,
+    blocks: usize,
     key_rows: u64,
     balance_rows: u64,
     took: Duration,
     head_read: Instant,
 ) {
-    metrics::counter!(BLOCKS).increment(blocks);
+    metrics::counter!(BLOCKS).increment(blocks as u64);
     metrics::counter!(KEY_ROWS).increment(key_rows);
     metrics::counter!(BALANCE_ROWS).increment(balance_rows);
     metrics::histogram!(APPLY_SECONDS).record(took);
-    let since_final = head_read.elapsed();
-    for _ in 0..blocks {
-        metrics::histogram!(FINALITY_TO_COMMIT).record(since_final);
-    }
+    metrics::histogram!(FINALITY_TO_COMMIT).record_many(head_read.elapsed(), blocks);
 }
 
 /// Alerts written, by rule.

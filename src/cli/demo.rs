@@ -22,6 +22,7 @@ use crate::notify::render::clean;
 use crate::rpc::{RpcClient, RpcSettings};
 use crate::sim::{Clock, Scenario, SimOptions, Simulator};
 use crate::store::watch::NewWatch;
+use tokio::sync::oneshot::error::TryRecvError;
 
 const STORY: &str = include_str!("../../scenarios/attack.toml");
 const EXPECTED: &str = "ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6";
@@ -67,38 +68,77 @@ pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult
         .expose_secret()
         .parse()
         .map_err(|e| bad_input(format!("database.url: {e}")))?;
-    // the server's own database: the demo makes its own and needs no other
-    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
-        .await
-        .context("cannot connect to the database server (database.url or DATABASE_URL)")?;
+    let inbox = if settings.notify.email.is_none() && settings.notify.webhook.is_none() {
+        Some(use_inbox(&mut settings).await?)
+    } else {
+        println!(
+            "the configured channels get the story's alerts, about treasury.near, relayer.near \
+             and bob.near on a simulated chain"
+        );
+        None
+    };
+    // a digest of the story's warnings after seconds, not minutes
+    settings.notify.batch_interval = settings.notify.batch_interval.min(DEMO_BATCH);
+    let mut admin = admin_connection(&options).await?;
     let name = format!("keywatch_demo_{}", std::process::id());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
         .execute(&mut admin)
         .await
         .context("the demo needs a role that may create a scratch database")?;
-    let inbox = if settings.notify.email.is_none() && settings.notify.webhook.is_none() {
-        Some(use_inbox(&mut settings).await?)
-    } else {
-        None
-    };
-    let base = settings.database.url.expose_secret();
-    let result = run_demo(&settings, base, &name, fast, inbox).await;
+    let result = run_demo(&settings, options.clone().database(&name), fast, inbox).await;
     if keep {
-        let mut url = reqwest::Url::parse(settings.database.url.expose_secret())
-            .map_err(|e| bad_input(format!("database url: {e}")))?;
-        url.set_path(&name);
-        let _ = url.set_password(None);
-        println!("\nkept the database: psql {url}");
-    } else {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "drop database if exists {name} with (force)"
-        )))
-        .execute(&mut admin)
-        .await
-        .context("dropping the demo database")?;
-        println!("\ndropped the scratch database {name}; `keywatch demo --keep` keeps it");
+        println!("\nkept the database: psql {}", psql_url(&options, &name));
+        return result;
     }
-    result
+    let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "drop database if exists {name} with (force)"
+    )))
+    .execute(&mut admin)
+    .await;
+    match (result, dropped) {
+        (Ok(()), Ok(_)) => {
+            println!("\ndropped the scratch database {name}; `keywatch demo --keep` keeps it");
+            Ok(())
+        }
+        (Ok(()), Err(e)) => Err(Failure::Other(
+            anyhow::Error::new(e).context(format!("dropping the scratch database {name}")),
+        )),
+        // the demo's own failure is the one to report
+        (Err(failed), dropped) => {
+            if let Err(e) = dropped {
+                tracing::warn!(error = %e, database = %name, "cannot drop the scratch database");
+            }
+            Err(failed)
+        }
+    }
+}
+
+/// A connection to the server for creating and dropping the scratch
+/// database: its `postgres` database, or the configured one where the
+/// server has no `postgres` (some hosted services).
+async fn admin_connection(options: &PgConnectOptions) -> Result<PgConnection, Failure> {
+    let context = "cannot connect to the database server (database.url or DATABASE_URL)";
+    match PgConnection::connect_with(&options.clone().database("postgres")).await {
+        Ok(conn) => Ok(conn),
+        Err(first) => PgConnection::connect_with(options)
+            .await
+            .map_err(|_| Failure::Other(anyhow::Error::new(first).context(context))),
+    }
+}
+
+/// Where the kept database is, for `psql`: user, host, port and name only
+/// (a password, in the url or its query, is never printed).
+fn psql_url(options: &PgConnectOptions, name: &str) -> String {
+    let (user, host, port) = (
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+    );
+    if host.starts_with('/') {
+        format!("\"postgres://{user}@/{name}?host={host}&port={port}\"")
+    } else {
+        format!("\"postgres://{user}@{host}:{port}/{name}\"")
+    }
 }
 
 /// No channel is configured: every alert is mailed to a receiver on
@@ -123,8 +163,6 @@ async fn use_inbox(settings: &mut crate::config::Settings) -> Result<Inbox, Fail
         timeout: Duration::from_secs(10),
         ca_pem: None,
     });
-    // a digest of the story's warnings after seconds, not minutes
-    settings.notify.batch_interval = settings.notify.batch_interval.min(DEMO_BATCH);
     Ok(Inbox { port, mails })
 }
 
@@ -139,8 +177,14 @@ struct Inbox {
 /// How many lines of each mail's text are printed.
 const MAIL_LINES: usize = 6;
 
+/// Prints a mail, cleaned: anything on 127.0.0.1 may connect to the
+/// receiver, and the terminal must not take its text for commands.
 fn print_mail(n: usize, mail: &Received) {
-    println!("\n  mail {n} to {}: {}", mail.to.join(", "), mail.subject);
+    println!(
+        "\n  mail {n} to {}: {}",
+        clean(&mail.to.join(", ")),
+        clean(&mail.subject)
+    );
     for line in mail
         .text
         .lines()
@@ -148,20 +192,19 @@ fn print_mail(n: usize, mail: &Received) {
         .filter(|l| !l.is_empty() && *l != mail.subject)
         .take(MAIL_LINES)
     {
-        println!("  | {line}");
+        println!("  | {}", clean(line));
     }
 }
 
 async fn run_demo(
     settings: &crate::config::Settings,
-    base: &str,
-    name: &str,
+    database: PgConnectOptions,
     fast: bool,
     inbox: Option<Inbox>,
 ) -> CmdResult {
-    let mut url = reqwest::Url::parse(base).map_err(|e| bad_input(format!("database url: {e}")))?;
-    url.set_path(name);
-    let pool = crate::store::connect(url.as_str(), 5)
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(database)
         .await
         .context("connecting to the demo database")?;
     crate::store::migrate(&pool)
@@ -240,12 +283,13 @@ async fn run_demo(
     let ctx = AlertContext::from_settings(settings);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(pool.clone(), settings, Arc::new(chrono::Utc::now))
-        .map_err(|e| bad_input(e.to_string()))?;
+        .map_err(|e| Failure::Other(e.into()))?;
     let dispatching = {
         let stop = stop.clone();
         tokio::spawn(async move { dispatcher.run(stop, DRAIN).await })
     };
-    let printing = tokio::spawn(print_alerts(pool.clone()));
+    let (alerts_done, done) = tokio::sync::oneshot::channel();
+    let printing = tokio::spawn(print_alerts(pool.clone(), done));
     let (mails_done, done) = tokio::sync::oneshot::channel();
     let mails = inbox.map(|inbox| tokio::spawn(print_mails(inbox.mails, done)));
     let opts = FollowOptions {
@@ -259,8 +303,8 @@ async fn run_demo(
     // every delivery is attempted before the demo ends
     let _ = stop_tx.send(true);
     let dispatched = dispatching.await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    printing.abort();
+    let _ = alerts_done.send(());
+    printing.await.context("printing alerts")?;
     let summary = summary?;
     dispatched
         .context("the dispatcher ended abnormally")?
@@ -300,22 +344,34 @@ async fn run_demo(
 /// How long the demo keeps delivering after the story ends.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// Prints each alert as it is decided.
-async fn print_alerts(pool: sqlx::PgPool) {
+/// Prints each alert as it is decided (looking every 100 ms), until
+/// `done`; then those written since the last look.
+async fn print_alerts(pool: sqlx::PgPool, mut done: tokio::sync::oneshot::Receiver<()>) {
     let mut seen = 0i64;
     loop {
-        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
+        let rows: Result<Vec<(i64, i64, String, String)>, _> = sqlx::query_as(
             "select id, block_height, severity, title from alerts where id > $1 order by id",
         )
         .bind(seen)
         .fetch_all(&pool)
-        .await
-        .unwrap_or_default();
-        for (id, h, sev, title) in rows {
-            println!("block {h}  [{}] {}", sev.to_uppercase(), clean(&title));
-            seen = id;
+        .await;
+        match rows {
+            Ok(rows) => {
+                for (id, h, sev, title) in rows {
+                    println!("block {h}  [{}] {}", sev.to_uppercase(), clean(&title));
+                    seen = id;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the alerts to print them"),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if matches!(done.try_recv(), Ok(()) | Err(TryRecvError::Closed)) {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            // one more look, for what was written since this one
+            _ = &mut done => {}
+        }
     }
 }
 

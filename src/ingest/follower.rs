@@ -401,7 +401,7 @@ impl Follow<'_> {
                 balance_rows += c.balance_rows as u64;
             }
             if !applied.committed.is_empty() {
-                let blocks = applied.committed.len() as u64;
+                let blocks = applied.committed.len();
                 crate::metrics::committed(
                     blocks,
                     key_rows,
@@ -409,7 +409,7 @@ impl Follow<'_> {
                     started.elapsed(),
                     self.head_read,
                 );
-                summary.blocks += blocks;
+                summary.blocks += blocks as u64;
                 summary.key_rows += key_rows;
                 summary.balance_rows += balance_rows;
             }

@@ -18,13 +18,17 @@ pub struct Received {
     pub text: String,
 }
 
-/// The longest command line or message line accepted, and the largest
-/// message: a client beyond them is disconnected.
+/// The longest command line or message line accepted, the largest
+/// message, and the longest wait for a line: a client beyond them is
+/// disconnected. More recipients than MAX_RCPT are refused.
 const MAX_LINE: u64 = 64 * 1024;
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+const LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_RCPT: usize = 100;
 
-/// Listens on 127.0.0.1 (a free port) until the receiver is dropped;
-/// returns the port and the messages as they arrive.
+/// Listens on 127.0.0.1 (a free port); returns the port and the messages
+/// as they arrive. Once the receiver is dropped, the next connection ends
+/// the listening.
 pub async fn start() -> std::io::Result<(u16, mpsc::UnboundedReceiver<Received>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -62,6 +66,8 @@ async fn session(sock: TcpStream, out: &mpsc::UnboundedSender<Received>) -> std:
         } else if upper.starts_with("MAIL FROM:") {
             rcpt.clear();
             b"250 OK\r\n"
+        } else if upper.starts_with("RCPT TO:") && rcpt.len() >= MAX_RCPT {
+            b"452 too many recipients\r\n"
         } else if let Some(to) = upper.strip_prefix("RCPT TO:").map(|_| &line[8..]) {
             rcpt.push(
                 to.trim()
@@ -76,7 +82,10 @@ async fn session(sock: TcpStream, out: &mpsc::UnboundedSender<Received>) -> std:
                 write.write_all(b"552 message too large\r\n").await?;
                 return Ok(());
             };
-            let _ = out.send(parse(std::mem::take(&mut rcpt), &data));
+            if out.send(parse(std::mem::take(&mut rcpt), &data)).is_err() {
+                write.write_all(b"421 closing\r\n").await?;
+                return Ok(());
+            }
             b"250 OK: received\r\n"
         } else if upper.starts_with("RSET") {
             rcpt.clear();
@@ -93,13 +102,18 @@ async fn session(sock: TcpStream, out: &mpsc::UnboundedSender<Received>) -> std:
     }
 }
 
-/// One line without its line ending; None at the end of the stream or
-/// for a line longer than [`MAX_LINE`].
+/// One line without its line ending; None at the end of the stream, for a
+/// line longer than [`MAX_LINE`], or after [`LINE_TIMEOUT`] without one.
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     read: &mut R,
 ) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
-    let n = read.take(MAX_LINE).read_until(b'\n', &mut buf).await?;
+    let mut limited = read.take(MAX_LINE);
+    let reading = limited.read_until(b'\n', &mut buf);
+    let Ok(n) = tokio::time::timeout(LINE_TIMEOUT, reading).await else {
+        return Ok(None);
+    };
+    let n = n?;
     if n == 0 || !buf.ends_with(b"\n") {
         return Ok(None);
     }

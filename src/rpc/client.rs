@@ -21,6 +21,14 @@ const BLOCK_EFFECTS: Method = Method {
     name: "block_effects",
     legacy: Some("EXPERIMENTAL_changes_in_block"),
 };
+/// Every method keywatch calls, by its current name.
+pub const METHOD_NAMES: [&str; 5] = [
+    STATUS.name,
+    BLOCK.name,
+    QUERY.name,
+    CHANGES.name,
+    BLOCK_EFFECTS.name,
+];
 
 /// Keys per `view_access_key_list` page; nodes clamp to their own cap (100).
 pub const KEY_PAGE_LIMIT: u32 = 100;

@@ -306,8 +306,9 @@ impl Transport {
         }
     }
 
-    /// [`Self::request`], counted and timed for the metrics under the
-    /// method's current name `label` (whichever name was sent).
+    /// [`Self::request`] once the request budget admits it, counted and
+    /// timed for the metrics under the method's current name `label`
+    /// (whichever name was sent).
     async fn timed<T: DeserializeOwned>(
         &self,
         lane: Lane,
@@ -316,8 +317,10 @@ impl Transport {
         name: &str,
         params: &Value,
     ) -> Result<T, RpcError> {
+        // the time at the node, not the wait for the request budget
+        self.admit(lane).await;
         let started = std::time::Instant::now();
-        let result = self.request(lane, ep, name, params).await;
+        let result = self.request(ep, name, params).await;
         crate::metrics::rpc_request(label, started.elapsed(), result.is_ok());
         result
     }
@@ -344,14 +347,13 @@ impl Transport {
         }
     }
 
+    /// One JSON-RPC exchange with one url; the caller has taken the budget.
     async fn request<T: DeserializeOwned>(
         &self,
-        lane: Lane,
         ep: &Endpoint,
         name: &str,
         params: &Value,
     ) -> Result<T, RpcError> {
-        self.admit(lane).await;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body =
             json!({"jsonrpc": "2.0", "id": id.to_string(), "method": name, "params": params});

@@ -5,19 +5,25 @@
 
 use std::collections::BTreeSet;
 
+use futures_util::FutureExt;
 use sqlx::{PgPool, Row};
 
-use crate::crash::{config, keywatch};
-
-/// Runs `demo --fast` plus `extra` with a config that has no channel.
+/// Runs `keywatch demo --fast` plus `extra` as the README says, from the
+/// checkout with the shipped config (which has no channel) and no
+/// `KEYWATCH__` override; `DATABASE_URL` names the tests' server.
 async fn demo(extra: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir, "http://127.0.0.1:1/");
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let mut args = vec!["demo", "--fast"];
-    args.extend_from_slice(extra);
-    let mut cmd = keywatch(&cfg, &base, &args);
-    cmd.stdout(std::process::Stdio::piped());
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["demo", "--fast"])
+        .args(extra)
+        .env("DATABASE_URL", std::env::var("DATABASE_URL").unwrap())
+        .env("KEYWATCH_LOG", "warn")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYWATCH__")) {
+        cmd.env_remove(k);
+    }
     let out = cmd.output().await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -129,13 +135,31 @@ async fn demo_keep_leaves_a_database_that_answers_every_cookbook_query() {
     let url = text
         .lines()
         .find_map(|l| l.strip_prefix("kept the database: psql "))
-        .unwrap_or_else(|| panic!("{text}"));
+        .unwrap_or_else(|| panic!("{text}"))
+        .trim_matches('"');
     let mut kept = reqwest::Url::parse(url).unwrap();
+    assert_eq!(kept.query(), None, "{url}");
     // the printed url has no password; the tests' server may need one
     let base = reqwest::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
     kept.set_password(base.password()).unwrap();
     let name = kept.path().trim_start_matches('/').to_owned();
     assert!(name.starts_with("keywatch_demo_"), "{name}");
+    let checked = std::panic::AssertUnwindSafe(answers_every_cookbook_query(kept))
+        .catch_unwind()
+        .await;
+    let admin = PgPool::connect(base.as_str()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database {name} with (force)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    if let Err(failed) = checked {
+        std::panic::resume_unwind(failed);
+    }
+}
+
+async fn answers_every_cookbook_query(kept: reqwest::Url) {
     let pool = PgPool::connect(kept.as_str()).await.unwrap();
     let queries = cookbook();
     assert_eq!(queries.len(), 7, "{queries:?}");
@@ -193,11 +217,4 @@ async fn demo_keep_leaves_a_database_that_answers_every_cookbook_query() {
         "baseline plus 4 charges and 4 refunds"
     );
     pool.close().await;
-    let admin = PgPool::connect(base.as_str()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "drop database {name} with (force)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
 }

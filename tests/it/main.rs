@@ -1,11 +1,12 @@
 //! keywatch's integration tests: one binary, one link step.
 
-/// The server a fresh machine has: PostgreSQL on 127.0.0.1 with trust
-/// authentication. `DATABASE_URL`, when set, wins.
+/// The server of keywatch's development and CI machines: PostgreSQL on
+/// 127.0.0.1 with trust authentication. `DATABASE_URL`, when set, wins.
 const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// Plain `cargo test` works on such a machine: each `#[sqlx::test]` reads
-/// `DATABASE_URL` for the server it makes its database on.
+/// Plain `cargo test`, as the README gives it, works on such a machine:
+/// each `#[sqlx::test]` reads `DATABASE_URL` for the server it makes its
+/// database on.
 #[ctor::ctor(unsafe)]
 fn default_database_url() {
     if std::env::var_os("DATABASE_URL").is_none() {
