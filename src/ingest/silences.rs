@@ -14,8 +14,11 @@ use crate::rules::repeat::Repeat;
 use crate::store;
 
 /// Announces every silence not announced yet (at the cursor's block);
-/// returns how many.
+/// returns how many. Costs one indexed statement when there is none.
 pub async fn announce_silences(pool: &PgPool, ctx: &AlertContext) -> Result<usize, IngestError> {
+    if !store::silences::any_unannounced(pool).await? {
+        return Ok(0);
+    }
     let mut tx = pool.begin().await?;
     let new = store::silences::unannounced(&mut tx).await?;
     if new.is_empty() {
