@@ -213,10 +213,7 @@ async fn run_demo(
     let mut scenario = Scenario::from_toml(STORY, "the built-in demo story")
         .map_err(|e| Failure::Other(e.into()))?;
     // the story happens now: its alerts are news, as live ones are
-    scenario.chain.genesis_time_ns = chrono::Utc::now()
-        .timestamp_nanos_opt()
-        .and_then(|ns| u64::try_from(ns).ok())
-        .context("the clock is before 1970")?;
+    scenario.start_now();
     let (start, end) = (scenario.chain.start_height, scenario.last_action_height());
     let clock = if fast { Clock::OnRead } else { Clock::RealTime };
     let sim = Simulator::start(

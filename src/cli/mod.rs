@@ -142,6 +142,10 @@ pub enum Command {
         /// Produce no block above this height.
         #[arg(long)]
         until: Option<u64>,
+        /// Start the chain now instead of at the scenario's genesis_time,
+        /// so its blocks are news to a follower rather than history.
+        #[arg(long)]
+        genesis_now: bool,
     },
 }
 
@@ -245,7 +249,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             listen,
             clock,
             until,
-        } => simulate(&scenario, listen, &clock, until).await,
+            genesis_now,
+        } => simulate(&scenario, listen, &clock, until, genesis_now).await,
         Command::Run {
             until_height,
             exit_when_caught_up,
@@ -406,6 +411,7 @@ async fn simulate(
     listen: std::net::SocketAddr,
     clock: &str,
     until: Option<u64>,
+    genesis_now: bool,
 ) -> CmdResult {
     use crate::sim::{Clock, Scenario, SimOptions, Simulator};
     let clock = match clock {
@@ -418,7 +424,10 @@ async fn simulate(
             )));
         }
     };
-    let scenario = Scenario::load(path).map_err(bad_input)?;
+    let mut scenario = Scenario::load(path).map_err(bad_input)?;
+    if genesis_now {
+        scenario.start_now();
+    }
     let (chain_id, profile, start) = (
         scenario.chain.chain_id.clone(),
         scenario.chain.profile,

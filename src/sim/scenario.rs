@@ -496,6 +496,15 @@ impl Scenario {
             .max()
             .unwrap_or(self.chain.start_height)
     }
+
+    /// Moves the genesis to now, so the story's blocks are news rather
+    /// than history (the demos).
+    pub fn start_now(&mut self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.chain.genesis_time_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+    }
 }
 
 /// Parameters of a seeded volume scenario.

@@ -298,9 +298,10 @@ async fn a_node_on_another_chain_is_refused(pool: PgPool) {
 }
 
 #[tokio::test]
-async fn simulate_serves_the_demo_scenario_and_stops_on_sigterm() {
+async fn simulate_serves_the_demo_scenario_now_and_stops_on_sigterm() {
     use tokio::io::AsyncBufReadExt;
     let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml");
+    let started = chrono::Utc::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
         .args([
             "simulate",
@@ -308,6 +309,7 @@ async fn simulate_serves_the_demo_scenario_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--clock",
             "on-read",
+            "--genesis-now",
             "--scenario",
         ])
         .arg(&scenario)
@@ -331,6 +333,19 @@ async fn simulate_serves_the_demo_scenario_and_stops_on_sigterm() {
     .unwrap();
     let status = rpc.verify_chain("localnet").await.unwrap();
     assert!(status.sync_info.latest_block_height >= 1000);
+    // the story's genesis_time is 2026-11-22; --genesis-now moves it here
+    let genesis = rpc
+        .block(&keywatch::rpc::BlockRef::Height(1000))
+        .await
+        .unwrap()
+        .header
+        .timestamp_ns;
+    let genesis = chrono::DateTime::from_timestamp_nanos(genesis as i64);
+    let since = (genesis - started).num_seconds();
+    assert!(
+        (0..60).contains(&since),
+        "genesis at {genesis}, started {started}"
+    );
     let pid = child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
