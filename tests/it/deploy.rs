@@ -142,3 +142,194 @@ fn names_are_read_out_of_promql() {
         ["keywatch_a_bucket", "keywatch_no", "keywatch_b"]
     );
 }
+
+/// The exposition's value of one series (name and labels as written).
+fn series(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} in:\n{exposition}"))
+        .parse()
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
+async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
+    use crate::crash::{config, database_url, keywatch};
+    use keywatch::sim::{Clock, Scenario, SimOptions, Simulator};
+    let smtp = crate::smtp::SmtpServer::start().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml");
+    let mut scenario = Scenario::load(&path).unwrap();
+    scenario.start_now();
+    let end = scenario.last_action_height();
+    let sim = Simulator::start(
+        scenario,
+        SimOptions {
+            clock: Clock::OnRead,
+            until: Some(end),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    sim.advance_to(1002);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &sim.url());
+    let mut text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[ingest]\n", "[ingest]\nstart = 1001\n")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    text.push_str(&format!(
+        "[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+         from = \"kw@example.com\"\nto = [\"ops@example.com\"]\n\
+         [[accounts]]\nid = \"treasury.near\"\n\
+         expected_keys = [\"ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6\"]\n\
+         [[accounts]]\nid = \"relayer.near\"\n[[accounts]]\nid = \"bob.near\"\n",
+        smtp.port
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let mut run = keywatch(&cfg, &database_url(&pool), &["run"])
+        .spawn()
+        .unwrap();
+    // until the story is ingested and every alert delivered
+    let done = async {
+        loop {
+            let (cursor, pending): (Option<i64>, i64) = sqlx::query_as(
+                "select (select block_height from ingest_cursor),
+                        (select count(*) from alert_deliveries where status <> 'delivered')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            let alerts: i64 = sqlx::query_scalar("select count(*) from alerts")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let last_final = sim.with_chain(|c| c.final_block().header.height);
+            if cursor.is_some_and(|c| c as u64 == last_final)
+                && last_final + 2 >= end
+                && alerts == 12
+                && pending == 0
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(60), done)
+        .await
+        .is_err()
+    {
+        let state: (Option<i64>, i64, i64) = sqlx::query_as(
+            "select (select block_height from ingest_cursor), (select count(*) from alerts),
+                    (select count(*) from alert_deliveries where status <> 'delivered')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        run.start_kill().unwrap();
+        let out = run.wait_with_output().await.unwrap();
+        panic!(
+            "not ingested and delivered within 60 s: (cursor, alerts, undelivered) {state:?}, end {end}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    keywatch::rpc::transport::install_crypto_provider();
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    run.start_kill().unwrap();
+    let count = |sql: &str| {
+        let pool = pool.clone();
+        let sql = sql.to_owned();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .unwrap() as f64
+        }
+    };
+    let blocks = count("select count(*) from blocks where block_height > 1000").await;
+    assert_eq!(series(&metrics, "keywatch_blocks_ingested_total"), blocks);
+    assert_eq!(
+        series(&metrics, "keywatch_finality_to_commit_seconds_count"),
+        blocks
+    );
+    assert_eq!(
+        series(&metrics, "keywatch_key_rows_total"),
+        count("select count(*) from key_history where source = 'chain'").await
+    );
+    assert_eq!(
+        series(&metrics, "keywatch_balance_rows_total"),
+        count("select count(*) from balance_history where source = 'chain'").await
+    );
+    let by_rule: Vec<(String, i64)> =
+        sqlx::query_as("select rule, count(*) from alerts group by rule")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(by_rule.len() >= 6, "{by_rule:?}");
+    for rule in keywatch::config::rules::rule_names() {
+        let n = by_rule
+            .iter()
+            .find(|(r, _)| r == rule)
+            .map_or(0, |(_, n)| *n);
+        assert_eq!(
+            series(
+                &metrics,
+                &format!("keywatch_alerts_total{{rule=\"{rule}\"}}")
+            ),
+            n as f64,
+            "{rule}"
+        );
+    }
+    assert_eq!(
+        series(
+            &metrics,
+            "keywatch_deliveries_total{channel=\"email\",outcome=\"delivered\"}"
+        ),
+        12.0
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "keywatch_commit_to_delivery_seconds_count{channel=\"email\"}"
+        ),
+        12.0
+    );
+    assert_eq!(smtp.mails().len(), 12);
+    for method in keywatch::rpc::client::METHOD_NAMES {
+        let requests = series(
+            &metrics,
+            &format!("keywatch_rpc_requests_total{{method=\"{method}\"}}"),
+        );
+        let timed = series(
+            &metrics,
+            &format!("keywatch_rpc_request_duration_seconds_count{{method=\"{method}\"}}"),
+        );
+        assert_eq!(requests, timed, "{method}");
+    }
+    assert!(series(&metrics, "keywatch_rpc_requests_total{method=\"block\"}") >= blocks);
+    assert_eq!(
+        series(&metrics, "keywatch_cursor_height"),
+        count("select block_height from ingest_cursor").await
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            &format!(
+                "keywatch_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+}
