@@ -382,6 +382,7 @@ impl Dispatcher {
         let mut raised = 0;
         for s in &stuck {
             let mut tx = self.pool.begin().await?;
+            let mut raised_here = false;
             if let Some(rule) = &self.delivery_failing {
                 let others: Vec<&str> = self
                     .channels
@@ -430,12 +431,16 @@ impl Dispatcher {
                     .await?
                     .is_some()
                 {
-                    raised += 1;
+                    raised_here = true;
                     tracing::error!(alert = s.alert_id, channel = %s.channel, "{}", draft.title);
                 }
             }
             mark_escalated(&mut tx, s.delivery_id).await?;
             tx.commit().await?;
+            if raised_here {
+                raised += 1;
+                crate::metrics::alerts_written(["delivery_failing"]);
+            }
         }
         Ok(raised)
     }

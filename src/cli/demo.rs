@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
+use crate::cli::ingest::stop_on_signal;
 use crate::cli::{CmdResult, Failure, bad_input, load_settings};
 use crate::config::{EmailConfig, SmtpTls, StartAt};
 use crate::dispatch::Dispatcher;
@@ -71,20 +72,19 @@ pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult
     let inbox = if settings.notify.email.is_none() && settings.notify.webhook.is_none() {
         Some(use_inbox(&mut settings).await?)
     } else {
-        println!(
-            "the configured channels get the story's alerts, about treasury.near, relayer.near \
-             and bob.near on a simulated chain"
-        );
         None
     };
-    // a digest of the story's warnings after seconds, not minutes
+    // should warnings come faster than batch_after, their digest goes out
+    // within seconds, not minutes
     settings.notify.batch_interval = settings.notify.batch_interval.min(DEMO_BATCH);
     let mut admin = admin_connection(&options).await?;
     let name = format!("keywatch_demo_{}", std::process::id());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
         .execute(&mut admin)
         .await
-        .context("the demo needs a role that may create a scratch database")?;
+        .with_context(|| {
+            format!("creating the scratch database {name} (the role must be allowed to create databases)")
+        })?;
     let result = run_demo(&settings, options.clone().database(&name), fast, inbox).await;
     if keep {
         println!("\nkept the database: psql {}", psql_url(&options, &name));
@@ -120,9 +120,11 @@ async fn admin_connection(options: &PgConnectOptions) -> Result<PgConnection, Fa
     let context = "cannot connect to the database server (database.url or DATABASE_URL)";
     match PgConnection::connect_with(&options.clone().database("postgres")).await {
         Ok(conn) => Ok(conn),
-        Err(first) => PgConnection::connect_with(options)
-            .await
-            .map_err(|_| Failure::Other(anyhow::Error::new(first).context(context))),
+        Err(first) => PgConnection::connect_with(options).await.map_err(|second| {
+            Failure::Other(anyhow::anyhow!(
+                "{context}: its postgres database: {first}; the configured one: {second}"
+            ))
+        }),
     }
 }
 
@@ -241,7 +243,8 @@ async fn run_demo(
             inbox.port
         ),
         None => println!(
-            "alerts go out through the configured channels ({})",
+            "the story's alerts (treasury.near, relayer.near and bob.near on a simulated chain) \
+             go out through the configured channels: {}",
             AlertContext::from_settings(settings).channels.join(", ")
         ),
     }
@@ -277,14 +280,28 @@ async fn run_demo(
     init_cursor(&pool, &rpc, StartAt::Height(start + 1))
         .await
         .map_err(|e| Failure::Other(e.into()))?;
+    play(settings, &pool, &rpc, end, inbox).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Follows the story to its end with the rules on, delivering and printing
+/// as it goes, then prints what it did and the queries to try. Ctrl-C or
+/// SIGTERM stops it after the current block, without waiting for
+/// deliveries, so the caller still drops the scratch database.
+async fn play(
+    settings: &crate::config::Settings,
+    pool: &sqlx::PgPool,
+    rpc: &RpcClient,
+    end: u64,
+    inbox: Option<Inbox>,
+) -> CmdResult {
     let ctx = AlertContext::from_settings(settings);
+    let interrupted = stop_on_signal();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(pool.clone(), settings, Arc::new(chrono::Utc::now))
         .map_err(|e| Failure::Other(e.into()))?;
-    let dispatching = {
-        let stop = stop.clone();
-        tokio::spawn(async move { dispatcher.run(stop, DRAIN).await })
-    };
+    let dispatching = tokio::spawn(async move { dispatcher.run(stop, DRAIN).await });
     let (alerts_done, done) = tokio::sync::oneshot::channel();
     let printing = tokio::spawn(print_alerts(pool.clone(), done));
     let (mails_done, done) = tokio::sync::oneshot::channel();
@@ -294,25 +311,29 @@ async fn run_demo(
         poll_interval: Duration::from_millis(100),
         ..FollowOptions::default()
     };
-    let summary = follow(&pool, &rpc, &opts, Some(&ctx), stop.clone())
-        .await
-        .map_err(|e| Failure::Other(e.into()));
+    let summary = follow(pool, rpc, &opts, Some(&ctx), interrupted.clone()).await;
+    if *interrupted.borrow() {
+        dispatching.abort();
+        printing.abort();
+        return Err(Failure::Other(anyhow::anyhow!("interrupted")));
+    }
     // every delivery is attempted before the demo ends
     let _ = stop_tx.send(true);
     let dispatched = dispatching.await;
     let _ = alerts_done.send(());
-    printing.await.context("printing alerts")?;
-    let summary = summary?;
+    let printed = printing.await;
+    let summary = summary.map_err(|e| Failure::Other(e.into()))?;
     dispatched
         .context("the dispatcher ended abnormally")?
         .map_err(|e| Failure::Other(e.into()))?;
+    printed.context("printing alerts")?;
     let (alerts, delivered, undelivered): (i64, i64, i64) = sqlx::query_as(
         "select (select count(*) from alerts),
                 count(*) filter (where status = 'delivered'),
                 count(*) filter (where status in ('pending', 'failed'))
          from alert_deliveries",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .context("counting alerts")?;
     let _ = mails_done.send(());
@@ -334,7 +355,6 @@ async fn run_demo(
     for (question, sql) in QUERIES {
         println!("\n-- {question}\n{sql}");
     }
-    pool.close().await;
     Ok(())
 }
 

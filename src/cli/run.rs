@@ -86,13 +86,17 @@ pub async fn run(config: &Path, opts: FollowOptions, drain_timeout: Duration) ->
         .await
         .map_err(|e| bad_input(format!("server.listen {}: {e}", settings.server.listen)))?;
     let stalled_after = settings.stalled_after();
+    // the address bound, which tells the port when the config asks for any
+    let listen = listener
+        .local_addr()
+        .map_err(|e| bad_input(format!("server.listen {}: {e}", settings.server.listen)))?;
     let serving = tokio::spawn(crate::metrics::serve(
         listener,
         pool.clone(),
         health.clone(),
         stalled_after,
     ));
-    tracing::info!(listen = %settings.server.listen, me = %me, "serving /metrics, /health and /ready");
+    tracing::info!(listen = %listen, me = %me, "serving /metrics, /health and /ready");
     let service = Service {
         settings,
         health,

@@ -124,6 +124,10 @@ pub const UNSILENCEABLE: &[&str] = &[
     "delivery_failing",
 ];
 
+/// The rule of each alert a transaction wrote: counted in the metrics once
+/// the transaction commits.
+pub type AlertsWritten = Vec<String>;
+
 /// While catching up (`suppress_old` false), an alert decided this long
 /// after its block's time is marked late: the block was missed while
 /// keywatch was down or blind.
@@ -131,13 +135,13 @@ pub const LATE_AFTER: Duration = Duration::from_secs(60);
 
 /// Decides which drafts fire (see [`crate::rules::repeat`]: cooldown in
 /// chain time, escalation, one alert per event) and writes them; returns
-/// how many alerts were created.
+/// the alerts created.
 pub async fn queue(
     tx: &mut PgConnection,
     ctx: &AlertContext,
     header: &BlockHeader,
     drafts: Vec<(AlertDraft, Repeat)>,
-) -> Result<usize, IngestError> {
+) -> Result<AlertsWritten, IngestError> {
     let block_time = ns_to_time(header.timestamp_ns);
     let now = (ctx.now)();
     let suppress_old = ctx.suppress_old.load(std::sync::atomic::Ordering::Relaxed);
@@ -191,9 +195,7 @@ pub async fn queue(
         };
         queued.push((&*d, outcome));
     }
-    let created = insert_many(tx, &queued, &at, &ctx.channels).await?;
-    crate::metrics::alerts_written(created.iter().map(String::as_str));
-    Ok(created.len())
+    Ok(insert_many(tx, &queued, &at, &ctx.channels).await?)
 }
 
 /// Which drafts fire, given the last alert of each one's rule, account and
@@ -274,9 +276,9 @@ pub async fn block_rules(
     ctx: &AlertContext,
     header: &BlockHeader,
     accounts: &[AccountBlock],
-) -> Result<usize, IngestError> {
+) -> Result<AlertsWritten, IngestError> {
     if accounts.is_empty() {
-        return Ok(0);
+        return Ok(AlertsWritten::new());
     }
     let names: Vec<&AccountId> = accounts.iter().map(|ab| &ab.account).collect();
     let watch = crate::store::watch::get_many(tx, &names).await?;
@@ -336,7 +338,7 @@ pub async fn window_rules(
     ctx: &AlertContext,
     header: &BlockHeader,
     recent: Option<&Recent>,
-) -> Result<usize, IngestError> {
+) -> Result<AlertsWritten, IngestError> {
     let h = height_to_i64("height", header.height)?;
     let now_ns = header.timestamp_ns as i64;
     let settles = ctx.settles();
@@ -595,9 +597,9 @@ pub async fn system_alert(
     ctx: &AlertContext,
     at: &BlockHeader,
     a: SystemAlert,
-) -> Result<usize, IngestError> {
+) -> Result<AlertsWritten, IngestError> {
     let Some(r) = ctx.rules.get(a.rule).filter(|r| r.enabled) else {
-        return Ok(0);
+        return Ok(AlertsWritten::new());
     };
     let d = AlertDraft {
         rule: a.rule,

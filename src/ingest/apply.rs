@@ -15,7 +15,7 @@ use sqlx::PgPool;
 
 use crate::domain::AccountId;
 use crate::ingest::IngestError;
-use crate::ingest::alerts::{AlertContext, block_rules, window_rules};
+use crate::ingest::alerts::{AlertContext, AlertsWritten, block_rules, window_rules};
 use crate::ingest::fetch::BlockData;
 use crate::ingest::plan::{Current, Writes, accounts_written, plan_block};
 use crate::ingest::recent::{Recent, Written};
@@ -46,6 +46,8 @@ pub struct RunApplied {
     /// applied: the watch list grew since it was fetched and it touched
     /// these newly watched accounts.
     pub refetch: Option<(usize, BTreeSet<AccountId>)>,
+    /// The rule of each alert the committed blocks wrote.
+    pub alerts: AlertsWritten,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,8 +247,10 @@ pub async fn apply_blocks(
     for (data, (written, facts)) in run.iter().zip(facts) {
         after.push(written);
         if let Some(ctx) = alerts {
-            block_rules(&mut tx, ctx, &data.header, &facts).await?;
-            window_rules(&mut tx, ctx, &data.header, Some(&after)).await?;
+            out.alerts
+                .extend(block_rules(&mut tx, ctx, &data.header, &facts).await?);
+            out.alerts
+                .extend(window_rules(&mut tx, ctx, &data.header, Some(&after)).await?);
         }
     }
     if let Some(last) = run.last() {

@@ -395,6 +395,7 @@ impl Follow<'_> {
             let started = Instant::now();
             let applied =
                 apply_blocks(self.pool, &run, self.alerts, self.opts.epoch, memory).await?;
+            crate::metrics::alerts_written(applied.alerts.iter().map(String::as_str));
             let (mut key_rows, mut balance_rows) = (0, 0);
             for c in &applied.committed {
                 key_rows += c.key_rows as u64;
@@ -494,6 +495,7 @@ async fn skip_gap(
     for (account, baseline) in &reads {
         store::watch::write_baseline(&mut tx, account, &new_cursor, baseline, "reconcile").await?;
     }
+    let mut written = vec![];
     if let Some(ctx) = alerts {
         let title = format!(
             "Heights {}..{} were skipped: the rpc no longer serves them",
@@ -501,7 +503,7 @@ async fn skip_gap(
             new.height - 1
         );
         let details = serde_json::json!({"from": cursor.height + 1, "to": new.height - 1});
-        crate::ingest::alerts::system_alert(
+        written = crate::ingest::alerts::system_alert(
             &mut tx,
             ctx,
             &new,
@@ -516,6 +518,7 @@ async fn skip_gap(
         .await?;
     }
     tx.commit().await?;
+    crate::metrics::alerts_written(written.iter().map(String::as_str));
     tracing::error!(
         from = cursor.height + 1,
         to = new.height - 1,

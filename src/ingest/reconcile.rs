@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use crate::domain::{AccessKey, AccountId, PublicKey};
 use crate::ingest::IngestError;
-use crate::ingest::alerts::{AlertContext, SystemAlert, system_alert};
+use crate::ingest::alerts::{AlertContext, AlertsWritten, SystemAlert, system_alert};
 use crate::ingest::baseline::read_baseline;
 use crate::rpc::{BlockRef, RpcClient};
 use crate::store::history::{
@@ -138,8 +138,9 @@ pub async fn reconcile(
         }
     }
     let mut tx = pool.begin().await?;
+    let mut written = vec![];
     if let Some(ctx) = alerts {
-        raise_drift(&mut tx, ctx, &cursor, &differences).await?;
+        written = raise_drift(&mut tx, ctx, &cursor, &differences).await?;
     }
     let drifted: Vec<AccountId> = differences.iter().map(|d| d.account.clone()).collect();
     if !drifted.is_empty() {
@@ -147,6 +148,7 @@ pub async fn reconcile(
     }
     store::record_reconcile(&mut tx, &cursor, checked, differences.len()).await?;
     tx.commit().await?;
+    crate::metrics::alerts_written(written.iter().map(String::as_str));
     for d in &differences {
         tracing::error!(account = %d.account, height = cursor.height, "drift: {}", d.what);
     }
@@ -217,12 +219,13 @@ async fn raise_drift(
     ctx: &AlertContext,
     cursor: &Cursor,
     differences: &[Difference],
-) -> Result<(), IngestError> {
+) -> Result<AlertsWritten, IngestError> {
     let at = crate::ingest::alerts::cursor_block(cursor)?;
+    let mut written = vec![];
     for d in differences {
         let key = d.key.as_ref().map(|k| k.to_string());
         let title = format!("Stored state of {} differs from the chain", d.account);
-        system_alert(
+        written.extend(system_alert(
             tx,
             ctx,
             &at,
@@ -234,9 +237,9 @@ async fn raise_drift(
                 details: serde_json::json!({"account_id": d.account, "difference": d.what, "event": d.event}),
             },
         )
-        .await?;
+        .await?);
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Corrects the accounts a reconcile found drifting: re-reads each at the

@@ -34,6 +34,7 @@ pub async fn announce_silences(pool: &PgPool, ctx: &AlertContext) -> Result<usiz
         .get("silence_started")
         .map(|r| r.severity)
         .unwrap_or(Severity::Warning);
+    let mut written = vec![];
     for s in &new {
         let what = match &s.rule {
             Some(rule) => format!("{rule} alerts"),
@@ -55,7 +56,7 @@ pub async fn announce_silences(pool: &PgPool, ctx: &AlertContext) -> Result<usiz
                 "event": format!("silence {}", s.id),
             }),
         };
-        queue(&mut tx, ctx, &at, vec![(draft, Repeat::EveryChange)]).await?;
+        written.extend(queue(&mut tx, ctx, &at, vec![(draft, Repeat::EveryChange)]).await?);
         store::silences::mark_announced(&mut tx, s.id).await?;
         tracing::warn!(
             silence = s.id,
@@ -66,5 +67,6 @@ pub async fn announce_silences(pool: &PgPool, ctx: &AlertContext) -> Result<usiz
         );
     }
     tx.commit().await?;
+    crate::metrics::alerts_written(written.iter().map(String::as_str));
     Ok(new.len())
 }

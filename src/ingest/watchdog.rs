@@ -331,14 +331,17 @@ impl Watchdog {
         };
         let written = async {
             let mut tx = self.pool.begin().await?;
-            insert_with_key(&mut tx, &a.key, &a.draft, &at, &a.deliveries).await?;
+            let id = insert_with_key(&mut tx, &a.key, &a.draft, &at, &a.deliveries).await?;
             tx.commit().await?;
-            Ok::<_, crate::store::StoreError>(())
+            Ok::<_, crate::store::StoreError>(id)
         }
         .await;
         match written {
-            Ok(()) => {
-                crate::metrics::alerts_written([a.draft.rule]);
+            Ok(id) => {
+                // none when an earlier attempt's commit did write it
+                if id.is_some() {
+                    crate::metrics::alerts_written([a.draft.rule]);
+                }
                 true
             }
             Err(e) => {

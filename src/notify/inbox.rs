@@ -79,7 +79,9 @@ async fn session(sock: TcpStream, out: &mpsc::UnboundedSender<Received>) -> std:
         } else if upper.starts_with("DATA") {
             write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
             let Some(data) = read_data(&mut read).await? else {
-                write.write_all(b"552 message too large\r\n").await?;
+                write
+                    .write_all(b"554 message too large, or the client went quiet\r\n")
+                    .await?;
                 return Ok(());
             };
             if out.send(parse(std::mem::take(&mut rcpt), &data)).is_err() {
@@ -124,7 +126,8 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 }
 
 /// The message after DATA, up to the line holding a single dot, with the
-/// dots that escape a leading dot removed; None when it is too large.
+/// dots that escape a leading dot removed; None when it is too large, or
+/// the stream ends or goes quiet before the dot.
 async fn read_data<R: tokio::io::AsyncBufRead + Unpin>(
     read: &mut R,
 ) -> std::io::Result<Option<Vec<u8>>> {

@@ -40,8 +40,6 @@ pub async fn add(
     .await?)
 }
 
-/// Silences not announced yet, locked for the transaction that announces
-/// them (another leader skips them).
 /// Whether any silence waits for its announcement: one statement on the
 /// partial index, for the follower to ask at every turn.
 pub async fn any_unannounced(pool: &sqlx::PgPool) -> Result<bool, StoreError> {
@@ -52,6 +50,8 @@ pub async fn any_unannounced(pool: &sqlx::PgPool) -> Result<bool, StoreError> {
     )
 }
 
+/// Silences not announced yet, locked for the transaction that announces
+/// them (another leader skips them).
 pub async fn unannounced(conn: &mut PgConnection) -> Result<Vec<Silence>, StoreError> {
     Ok(sqlx::query_as(
         "select * from silences where announced_at is null order by id for update skip locked",

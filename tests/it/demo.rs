@@ -80,9 +80,8 @@ async fn demo_mails_every_alert_to_its_receiver_and_prints_each_mail() {
             "no mail for {title}: {text}"
         );
     }
-    // warnings beyond batch_after arrive as one digest, so fewer mails than
-    // deliveries is expected; but never fewer than the criticals plus one
-    assert!(headers.len() > criticals.len(), "{text}");
+    // the story's 5 warnings stay under batch_after: one mail per alert
+    assert_eq!(headers.len(), 12, "{text}");
     // the mail's own lines, decoded, under its subject
     let first = text
         .split("to you@localhost: [CRITICAL] New full-access key on treasury.near\n")

@@ -1,6 +1,8 @@
 //! What ships beside the binary stays in step with it: the Grafana
-//! dashboard asks only for metrics `/metrics` exports, and shows each of
-//! those the issue of record asked for.
+//! dashboard asks only for metrics `/metrics` exports and shows those the
+//! issue of record asked for; docker-compose.yml has the whole stack, each
+//! service under its profile; and the exposition of a real `keywatch run`
+//! equals what that run stored.
 
 use std::collections::BTreeSet;
 
@@ -173,17 +175,11 @@ async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
     .await
     .unwrap();
     sim.advance_to(1002);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
     let mut text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("[ingest]\n", "[ingest]\nstart = 1001\n")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        .replace("[ingest]\n", "[ingest]\nstart = 1001\n");
     text.push_str(&format!(
         "[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
          from = \"kw@example.com\"\nto = [\"ops@example.com\"]\n\
@@ -193,9 +189,12 @@ async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
         smtp.port
     ));
     std::fs::write(&cfg, text).unwrap();
+    // [server] listen is 127.0.0.1:0: the log says which port it got
     let mut run = keywatch(&cfg, &database_url(&pool), &["run"])
+        .env("KEYWATCH_LOG", "info")
         .spawn()
         .unwrap();
+    let (listen, log) = listen_address(run.stderr.take().unwrap()).await;
     // until the story is ingested and every alert delivered
     let done = async {
         loop {
@@ -232,21 +231,35 @@ async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-        run.start_kill().unwrap();
-        let out = run.wait_with_output().await.unwrap();
+        run.kill().await.unwrap();
         panic!(
             "not ingested and delivered within 60 s: (cursor, alerts, undelivered) {state:?}, end {end}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            log.lock().unwrap()
         );
     }
-    keywatch::rpc::transport::install_crypto_provider();
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
+    let blocks: i64 = sqlx::query_scalar("select count(*) from blocks where block_height > 1000")
+        .fetch_one(&pool)
         .await
         .unwrap();
-    run.start_kill().unwrap();
+    // the counters move just after the commit the database shows
+    keywatch::rpc::transport::install_crypto_provider();
+    let scrape = || async {
+        reqwest::get(format!("http://{listen}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut metrics = scrape().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while series(&metrics, "keywatch_blocks_ingested_total") < blocks as f64
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        metrics = scrape().await;
+    }
+    run.kill().await.unwrap();
     let count = |sql: &str| {
         let pool = pool.clone();
         let sql = sql.to_owned();
@@ -257,7 +270,7 @@ async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
                 .unwrap() as f64
         }
     };
-    let blocks = count("select count(*) from blocks where block_height > 1000").await;
+    let blocks = blocks as f64;
     assert_eq!(series(&metrics, "keywatch_blocks_ingested_total"), blocks);
     assert_eq!(
         series(&metrics, "keywatch_finality_to_commit_seconds_count"),
@@ -332,4 +345,54 @@ async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
         ),
         1.0
     );
+}
+
+/// Reads `keywatch run`'s log until it says where it serves; keeps reading
+/// (so the pipe never fills) into the returned log.
+async fn listen_address(
+    stderr: tokio::process::ChildStderr,
+) -> (String, std::sync::Arc<std::sync::Mutex<String>>) {
+    use tokio::io::AsyncBufReadExt;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (found, address) = tokio::sync::oneshot::channel();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut found = Some(found);
+        while let Ok(Some(line)) = lines.next_line().await {
+            let plain = strip_ansi(&line);
+            if plain.contains("serving /metrics")
+                && let Some(at) = plain.split("listen=").nth(1)
+                && let Some(found) = found.take()
+            {
+                let _ = found.send(at.split_whitespace().next().unwrap_or("").to_owned());
+            }
+            kept.lock().unwrap().push_str(&plain);
+            kept.lock().unwrap().push('\n');
+        }
+    });
+    let address = tokio::time::timeout(std::time::Duration::from_secs(30), address)
+        .await
+        .unwrap_or_else(|_| panic!("run never said where it serves:\n{}", log.lock().unwrap()))
+        .unwrap_or_else(|_| panic!("run ended first:\n{}", log.lock().unwrap()));
+    (address, log)
+}
+
+/// A log line without its terminal colours.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

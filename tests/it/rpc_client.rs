@@ -396,6 +396,59 @@ async fn the_request_budget_is_never_exceeded() {
     }
 }
 
+/// The RPC time histogram measures the node, not keywatch's own wait for
+/// the request budget.
+#[test]
+fn rpc_time_is_the_node_s_not_the_wait_for_the_budget() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // one thread: the recorder local to it sees every request
+    let took = metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let node = FakeNode::start(|_, r| Canned::result(r, status_result("mainnet"))).await;
+            let c = client(RpcSettings {
+                requests_per_second: NonZeroU32::new(2),
+                ..settings(&[&node.url])
+            });
+            let started = std::time::Instant::now();
+            for _ in 0..6 {
+                c.status().await.unwrap();
+            }
+            started.elapsed()
+        })
+    });
+    assert!(
+        took >= Duration::from_secs(2),
+        "6 requests at 2 a second took {took:?}"
+    );
+    let timed: Vec<f64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| {
+            k.key().name() == "keywatch_rpc_request_duration_seconds"
+                && k.key()
+                    .labels()
+                    .any(|l| l.key() == "method" && l.value() == "status")
+        })
+        .flat_map(|(.., v)| match v {
+            DebugValue::Histogram(v) => v.into_iter().map(|f| f.into_inner()).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(timed.len(), 6, "{timed:?}");
+    let at_the_node: f64 = timed.iter().sum();
+    assert!(
+        at_the_node < 0.5,
+        "{at_the_node} s timed of {took:?}, most of it waiting for the budget"
+    );
+}
+
 #[tokio::test]
 async fn an_older_node_is_asked_with_experimental_method_names() {
     let node = FakeNode::start(|_, r| match r["method"].as_str().unwrap() {
