@@ -77,6 +77,8 @@ pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult
     // should warnings come faster than batch_after, their digest goes out
     // within seconds, not minutes
     settings.notify.batch_interval = settings.notify.batch_interval.min(DEMO_BATCH);
+    // from before the database exists, so an interruption always drops it
+    let interrupted = stop_on_signal();
     let mut admin = admin_connection(&options).await?;
     let name = format!("keywatch_demo_{}", std::process::id());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
@@ -85,7 +87,14 @@ pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult
         .with_context(|| {
             format!("creating the scratch database {name} (the role must be allowed to create databases)")
         })?;
-    let result = run_demo(&settings, options.clone().database(&name), fast, inbox).await;
+    let result = run_demo(
+        &settings,
+        options.clone().database(&name),
+        fast,
+        inbox,
+        interrupted,
+    )
+    .await;
     if keep {
         println!("\nkept the database: psql {}", psql_url(&options, &name));
         return result;
@@ -203,6 +212,7 @@ async fn run_demo(
     database: PgConnectOptions,
     fast: bool,
     inbox: Option<Inbox>,
+    interrupted: tokio::sync::watch::Receiver<bool>,
 ) -> CmdResult {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(5)
@@ -280,9 +290,10 @@ async fn run_demo(
     init_cursor(&pool, &rpc, StartAt::Height(start + 1))
         .await
         .map_err(|e| Failure::Other(e.into()))?;
-    play(settings, &pool, &rpc, end, inbox).await?;
+    let played = play(settings, &pool, &rpc, end, inbox, interrupted).await;
+    // closed before the caller drops the database, whatever happened
     pool.close().await;
-    Ok(())
+    played
 }
 
 /// Follows the story to its end with the rules on, delivering and printing
@@ -295,9 +306,9 @@ async fn play(
     rpc: &RpcClient,
     end: u64,
     inbox: Option<Inbox>,
+    interrupted: tokio::sync::watch::Receiver<bool>,
 ) -> CmdResult {
     let ctx = AlertContext::from_settings(settings);
-    let interrupted = stop_on_signal();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(pool.clone(), settings, Arc::new(chrono::Utc::now))
         .map_err(|e| Failure::Other(e.into()))?;

@@ -217,3 +217,55 @@ async fn answers_every_cookbook_query(kept: reqwest::Url) {
     );
     pool.close().await;
 }
+
+#[tokio::test]
+async fn an_interrupted_demo_still_drops_its_database() {
+    use tokio::io::AsyncBufReadExt;
+    // 600 ms blocks: the story takes about 20 s, time enough to interrupt it
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("demo")
+        .env("DATABASE_URL", std::env::var("DATABASE_URL").unwrap())
+        .env("KEYWATCH_LOG", "warn")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let name = format!("keywatch_demo_{}", child.id().unwrap());
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.starts_with("watching treasury.near") {
+            break;
+        }
+    }
+    let pool = PgPool::connect(&std::env::var("DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    let exists = || async {
+        sqlx::query_scalar::<_, bool>(
+            "select exists (select 1 from pg_database where datname = $1)",
+        )
+        .bind(&name)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert!(exists().await, "{name} exists while the demo runs");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the demo stops after the current block")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!exists().await, "{name} is dropped");
+}
