@@ -304,7 +304,7 @@ async fn reconcile_exits_1_on_drift_and_0_once_corrected(pool: PgPool) {
 async fn story_up_to_1008() -> (Simulator, tempfile::TempDir, PathBuf) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml");
     let scenario = keywatch::sim::Scenario::load(&path).unwrap();
-    let sim = Simulator::start(
+    attack_story(
         scenario,
         SimOptions {
             until: Some(1008),
@@ -312,7 +312,15 @@ async fn story_up_to_1008() -> (Simulator, tempfile::TempDir, PathBuf) {
         },
     )
     .await
-    .unwrap();
+}
+
+/// The attack story (`scenario`) served from 1002 on, and a config that
+/// follows it from 1001.
+pub async fn attack_story(
+    scenario: keywatch::sim::Scenario,
+    options: SimOptions,
+) -> (Simulator, tempfile::TempDir, PathBuf) {
+    let sim = Simulator::start(scenario, options).await.unwrap();
     sim.advance_to(1002);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());

@@ -157,109 +157,8 @@ fn series(exposition: &str, series: &str) -> f64 {
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
-    use crate::crash::{config, database_url, keywatch};
-    use keywatch::sim::{Clock, Scenario, SimOptions, Simulator};
     let smtp = crate::smtp::SmtpServer::start().await;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml");
-    let mut scenario = Scenario::load(&path).unwrap();
-    scenario.start_now();
-    let end = scenario.last_action_height();
-    let sim = Simulator::start(
-        scenario,
-        SimOptions {
-            clock: Clock::OnRead,
-            until: Some(end),
-            ..SimOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    sim.advance_to(1002);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir, &sim.url());
-    let mut text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[ingest]\n", "[ingest]\nstart = 1001\n");
-    text.push_str(&format!(
-        "[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-         from = \"kw@example.com\"\nto = [\"ops@example.com\"]\n\
-         [[accounts]]\nid = \"treasury.near\"\n\
-         expected_keys = [\"ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6\"]\n\
-         [[accounts]]\nid = \"relayer.near\"\n[[accounts]]\nid = \"bob.near\"\n",
-        smtp.port
-    ));
-    std::fs::write(&cfg, text).unwrap();
-    // [server] listen is 127.0.0.1:0: the log says which port it got
-    let mut run = keywatch(&cfg, &database_url(&pool), &["run"])
-        .env("KEYWATCH_LOG", "info")
-        .spawn()
-        .unwrap();
-    let (listen, log) = listen_address(run.stderr.take().unwrap()).await;
-    // until the story is ingested and every alert delivered
-    let done = async {
-        loop {
-            let (cursor, pending): (Option<i64>, i64) = sqlx::query_as(
-                "select (select block_height from ingest_cursor),
-                        (select count(*) from alert_deliveries where status <> 'delivered')",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            let alerts: i64 = sqlx::query_scalar("select count(*) from alerts")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            let last_final = sim.with_chain(|c| c.final_block().header.height);
-            if cursor.is_some_and(|c| c as u64 == last_final)
-                && last_final + 2 >= end
-                && alerts == 12
-                && pending == 0
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    };
-    if tokio::time::timeout(std::time::Duration::from_secs(60), done)
-        .await
-        .is_err()
-    {
-        let state: (Option<i64>, i64, i64) = sqlx::query_as(
-            "select (select block_height from ingest_cursor), (select count(*) from alerts),
-                    (select count(*) from alert_deliveries where status <> 'delivered')",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        run.kill().await.unwrap();
-        panic!(
-            "not ingested and delivered within 60 s: (cursor, alerts, undelivered) {state:?}, end {end}\n{}",
-            log.lock().unwrap()
-        );
-    }
-    let blocks: i64 = sqlx::query_scalar("select count(*) from blocks where block_height > 1000")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    // the counters move just after the commit the database shows
-    keywatch::rpc::transport::install_crypto_provider();
-    let scrape = || async {
-        reqwest::get(format!("http://{listen}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let mut metrics = scrape().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while series(&metrics, "keywatch_blocks_ingested_total") < blocks as f64
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        metrics = scrape().await;
-    }
-    run.kill().await.unwrap();
+    let (metrics, blocks) = run_the_story(&pool, smtp.port).await;
     let count = |sql: &str| {
         let pool = pool.clone();
         let sql = sql.to_owned();
@@ -345,6 +244,108 @@ async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
         ),
         1.0
     );
+}
+
+/// Plays the attack story (its genesis now) with a real `keywatch run`
+/// mailing to `smtp_port`, until the story is ingested and every alert
+/// delivered; returns `/metrics` then, and the blocks the run committed.
+async fn run_the_story(pool: &sqlx::PgPool, smtp_port: u16) -> (String, i64) {
+    use crate::crash::{database_url, keywatch};
+    use keywatch::sim::{Clock, Scenario, SimOptions};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack.toml");
+    let mut scenario = Scenario::load(&path).unwrap();
+    scenario.start_now();
+    let end = scenario.last_action_height();
+    let (sim, _dir, cfg) = crate::crash::attack_story(
+        scenario,
+        SimOptions {
+            clock: Clock::OnRead,
+            until: Some(end),
+            ..SimOptions::default()
+        },
+    )
+    .await;
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[notify.email]\nenabled = true\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
+         from = \"kw@example.com\"\nto = [\"ops@example.com\"]\n\
+         [[accounts]]\nid = \"treasury.near\"\n\
+         expected_keys = [\"ed25519:8FtSP48gqecdyqsH2Xinz5tvneUKJv1i9k77AVNReiB6\"]\n\
+         [[accounts]]\nid = \"relayer.near\"\n[[accounts]]\nid = \"bob.near\"\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    // [server] listen is 127.0.0.1:0: the log says which port it got
+    let mut run = keywatch(&cfg, &database_url(pool), &["run"])
+        .env("KEYWATCH_LOG", "info")
+        .spawn()
+        .unwrap();
+    let (listen, log) = listen_address(run.stderr.take().unwrap()).await;
+    let last_final = || sim.with_chain(|c| c.final_block().header.height);
+    if let Err(state) = story_done(pool, last_final, end).await {
+        run.kill().await.unwrap();
+        panic!(
+            "not ingested and delivered within 60 s: (cursor, alerts, undelivered) {state:?}, \
+             end {end}\n{}",
+            log.lock().unwrap()
+        );
+    }
+    let blocks: i64 = sqlx::query_scalar("select count(*) from blocks where block_height > 1000")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    // the counters move just after the commit the database shows
+    keywatch::rpc::transport::install_crypto_provider();
+    let scrape = || async {
+        reqwest::get(format!("http://{listen}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut metrics = scrape().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while series(&metrics, "keywatch_blocks_ingested_total") < blocks as f64
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        metrics = scrape().await;
+    }
+    run.kill().await.unwrap();
+    (metrics, blocks)
+}
+
+/// Waits (60 s at most) until the cursor is at the final head at the
+/// story's end, its 12 alerts are written and every delivery delivered;
+/// else the (cursor, alerts, undelivered) seen last.
+async fn story_done(
+    pool: &sqlx::PgPool,
+    last_final: impl Fn() -> u64,
+    end: u64,
+) -> Result<(), (Option<i64>, i64, i64)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let state: (Option<i64>, i64, i64) = sqlx::query_as(
+            "select (select block_height from ingest_cursor), (select count(*) from alerts),
+                    (select count(*) from alert_deliveries where status <> 'delivered')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let head = last_final();
+        let (cursor, alerts, undelivered) = state;
+        if cursor.is_some_and(|c| c as u64 == head)
+            && head + 2 >= end
+            && alerts == 12
+            && undelivered == 0
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(state);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Reads `keywatch run`'s log until it says where it serves; keeps reading
