@@ -218,7 +218,8 @@ pub fn ingest_failed() {
 }
 
 /// One committed transaction of `blocks` blocks, which took `took`; the
-/// final head that revealed them was read at `head_read`.
+/// final head that revealed them was read at `head_read`. The block
+/// counter moves last: whoever sees it move sees the rest of the commit.
 pub fn committed(
     blocks: usize,
     key_rows: u64,
@@ -226,11 +227,11 @@ pub fn committed(
     took: Duration,
     head_read: Instant,
 ) {
-    metrics::counter!(BLOCKS).increment(blocks as u64);
     metrics::counter!(KEY_ROWS).increment(key_rows);
     metrics::counter!(BALANCE_ROWS).increment(balance_rows);
     metrics::histogram!(APPLY_SECONDS).record(took);
     metrics::histogram!(FINALITY_TO_COMMIT).record_many(head_read.elapsed(), blocks);
+    metrics::counter!(BLOCKS).increment(blocks as u64);
 }
 
 /// Alerts written, by rule.

@@ -87,14 +87,19 @@ pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult
         .with_context(|| {
             format!("creating the scratch database {name} (the role must be allowed to create databases)")
         })?;
-    let result = run_demo(
-        &settings,
-        options.clone().database(&name),
-        fast,
-        inbox,
-        interrupted,
-    )
-    .await;
+    let mut signalled = interrupted.clone();
+    let result = tokio::select! {
+        r = run_demo(&settings, options.clone().database(&name), fast, inbox, interrupted) => r,
+        // the steps before and after following do not watch the signal:
+        // given a moment to end on their own, they are cancelled
+        () = async {
+            let _ = signalled.wait_for(|stop| *stop).await;
+            tokio::time::sleep(GRACE).await;
+        } => {
+            println!("\ninterrupted");
+            Ok(())
+        }
+    };
     if keep {
         println!("\nkept the database: psql {}", psql_url(&options, &name));
         return result;
@@ -178,6 +183,9 @@ async fn use_inbox(settings: &mut crate::config::Settings) -> Result<Inbox, Fail
 }
 
 const DEMO_BATCH: Duration = Duration::from_secs(2);
+
+/// How long the demo has to end on its own after Ctrl-C or SIGTERM.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// The demo's own mail receiver.
 struct Inbox {
@@ -298,8 +306,9 @@ async fn run_demo(
 
 /// Follows the story to its end with the rules on, delivering and printing
 /// as it goes, then prints what it did and the queries to try. Ctrl-C or
-/// SIGTERM stops it after the current block, without waiting for
-/// deliveries, so the caller still drops the scratch database.
+/// SIGTERM (`interrupted`) stops following after the current block and
+/// ends at once, deliveries pending or not, so the caller still drops the
+/// scratch database.
 async fn play(
     settings: &crate::config::Settings,
     pool: &sqlx::PgPool,
@@ -322,15 +331,27 @@ async fn play(
         poll_interval: Duration::from_millis(100),
         ..FollowOptions::default()
     };
+    let mut interrupted = interrupted;
     let summary = follow(pool, rpc, &opts, Some(&ctx), interrupted.clone()).await;
-    if *interrupted.borrow() {
+    // every delivery is attempted before the demo ends, unless interrupted
+    let _ = stop_tx.send(true);
+    let mut dispatching = dispatching;
+    let dispatched = tokio::select! {
+        d = &mut dispatching => Some(d),
+        _ = interrupted.wait_for(|stop| *stop) => None,
+    };
+    let Some(dispatched) = dispatched else {
         dispatching.abort();
         printing.abort();
-        return Err(Failure::Other(anyhow::anyhow!("interrupted")));
-    }
-    // every delivery is attempted before the demo ends
-    let _ = stop_tx.send(true);
-    let dispatched = dispatching.await;
+        if let Some(task) = mails {
+            task.abort();
+        }
+        if let Err(e) = summary {
+            tracing::warn!(error = %e, "following ended with an error before the interruption");
+        }
+        println!("\ninterrupted");
+        return Ok(());
+    };
     let _ = alerts_done.send(());
     let printed = printing.await;
     let summary = summary.map_err(|e| Failure::Other(e.into()))?;

@@ -70,16 +70,28 @@ pub(crate) fn follow_options(settings: &Settings, base: FollowOptions) -> Follow
     }
 }
 
+/// A flag that turns true on Ctrl-C or SIGTERM; both are handled from
+/// the moment this returns.
 pub(crate) fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        match shutdown_signal().await {
-            Ok(()) => tracing::info!("stopping after the current block"),
-            Err(e) => tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL"),
+    match shutdown_signal() {
+        Ok(signal) => {
+            tokio::spawn(async move {
+                signal.await;
+                tracing::info!("stopping after the current block");
+                // The receiver is gone only when following already ended.
+                tx.send_replace(true);
+            });
         }
-        // The receiver is gone only when following already ended.
-        tx.send_replace(true);
-    });
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL");
+            // never set, never closed: waiting on it waits for ever
+            tokio::spawn(async move {
+                let _kept = tx;
+                std::future::pending::<()>().await
+            });
+        }
+    }
     rx
 }
 

@@ -454,18 +454,24 @@ async fn simulate(
         .flush()
         .map_err(|e| Failure::Other(e.into()))?;
     shutdown_signal()
-        .await
-        .map_err(|e| Failure::Other(e.into()))?;
+        .map_err(|e| Failure::Other(e.into()))?
+        .await;
     let head = sim.with_chain(|c| c.head().header.height);
     println!("stopped at height {head}");
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
+/// A future that resolves on Ctrl-C or SIGTERM. Both handlers are in
+/// place when this returns (from then on neither signal kills the
+/// process), not only once the future is first polled.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

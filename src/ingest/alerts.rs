@@ -124,8 +124,9 @@ pub const UNSILENCEABLE: &[&str] = &[
     "delivery_failing",
 ];
 
-/// The rule of each alert a transaction wrote: counted in the metrics once
-/// the transaction commits.
+/// The rule of each alert a transaction wrote. Whoever commits the
+/// transaction counts them in the metrics; a transaction rolled back (or
+/// never meant to commit, as `rules test`'s) is never counted.
 pub type AlertsWritten = Vec<String>;
 
 /// While catching up (`suppress_old` false), an alert decided this long
@@ -135,7 +136,7 @@ pub const LATE_AFTER: Duration = Duration::from_secs(60);
 
 /// Decides which drafts fire (see [`crate::rules::repeat`]: cooldown in
 /// chain time, escalation, one alert per event) and writes them; returns
-/// the alerts created.
+/// the rule of each alert created.
 pub async fn queue(
     tx: &mut PgConnection,
     ctx: &AlertContext,

@@ -401,21 +401,13 @@ impl Follow<'_> {
                 key_rows += c.key_rows as u64;
                 balance_rows += c.balance_rows as u64;
             }
-            if !applied.committed.is_empty() {
-                let blocks = applied.committed.len();
-                crate::metrics::committed(
-                    blocks,
-                    key_rows,
-                    balance_rows,
-                    started.elapsed(),
-                    self.head_read,
-                );
-                summary.blocks += blocks as u64;
-                summary.key_rows += key_rows;
-                summary.balance_rows += balance_rows;
-            }
-            let done = applied.skipped + applied.committed.len();
+            let blocks = applied.committed.len();
+            summary.blocks += blocks as u64;
+            summary.key_rows += key_rows;
+            summary.balance_rows += balance_rows;
+            let done = applied.skipped + blocks;
             if let Some(last) = done.checked_sub(1).map(|i| &run[i].header) {
+                // before the block counter, which a reader may wait on
                 crate::metrics::cursor(last.height);
                 summary.last_height = summary.last_height.max(last.height);
                 if let (Some(h), false) = (&self.opts.health, applied.committed.is_empty()) {
@@ -425,6 +417,10 @@ impl Follow<'_> {
                         timestamp_ns: last.timestamp_ns,
                     });
                 }
+            }
+            if blocks > 0 {
+                let took = started.elapsed();
+                crate::metrics::committed(blocks, key_rows, balance_rows, took, self.head_read);
             }
             let Some((i, missed)) = applied.refetch else {
                 break;

@@ -338,7 +338,8 @@ impl Watchdog {
         .await;
         match written {
             Ok(id) => {
-                // none when an earlier attempt's commit did write it
+                // none when the row was already there: an earlier attempt's
+                // commit, or another process, wrote it under the same key
                 if id.is_some() {
                     crate::metrics::alerts_written([a.draft.rule]);
                 }

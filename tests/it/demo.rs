@@ -222,7 +222,11 @@ async fn answers_every_cookbook_query(kept: reqwest::Url) {
 async fn an_interrupted_demo_still_drops_its_database() {
     use tokio::io::AsyncBufReadExt;
     // 600 ms blocks: the story takes about 20 s, time enough to interrupt it
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYWATCH__")) {
+        command.env_remove(k);
+    }
+    let mut child = command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("demo")
         .env("DATABASE_URL", std::env::var("DATABASE_URL").unwrap())
@@ -234,7 +238,9 @@ async fn an_interrupted_demo_still_drops_its_database() {
         .unwrap();
     let name = format!("keywatch_demo_{}", child.id().unwrap());
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(line) = lines.next_line().await.unwrap() {
+    loop {
+        let line = lines.next_line().await.unwrap();
+        let line = line.unwrap_or_else(|| panic!("the demo ended before it watched anything"));
         if line.starts_with("watching treasury.near") {
             break;
         }
@@ -260,12 +266,21 @@ async fn an_interrupted_demo_still_drops_its_database() {
             .unwrap()
             .success()
     );
+    let mut rest = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
     let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("the demo stops after the current block")
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
+    // a clean stop: exit 0, as for run
+    assert_eq!(out.status.code(), Some(0), "{rest}\n{stderr}");
+    assert!(
+        rest.contains("\ninterrupted\n") && rest.contains("dropped the scratch database"),
+        "{rest}"
+    );
     assert!(!exists().await, "{name} is dropped");
 }

@@ -227,7 +227,12 @@ async fn run_exports_exactly_what_it_did(pool: sqlx::PgPool) {
             &metrics,
             &format!("keywatch_rpc_request_duration_seconds_count{{method=\"{method}\"}}"),
         );
-        assert_eq!(requests, timed, "{method}");
+        // head polls go on while the exposition is rendered: its counters
+        // and histograms are read a moment apart
+        assert!(
+            (requests - timed).abs() <= 2.0,
+            "{method}: {requests} {timed}"
+        );
     }
     assert!(series(&metrics, "keywatch_rpc_requests_total{method=\"block\"}") >= blocks);
     assert_eq!(
