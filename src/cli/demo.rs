@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::cli::ingest::stop_on_signal;
 use crate::cli::{CmdResult, Failure, bad_input, load_settings};
@@ -22,6 +21,7 @@ use crate::notify::inbox::Received;
 use crate::notify::render::clean;
 use crate::rpc::{RpcClient, RpcSettings};
 use crate::sim::{Clock, Scenario, SimOptions, Simulator};
+use crate::store::alerts::Tally;
 use crate::store::watch::NewWatch;
 use tokio::sync::oneshot::error::TryRecvError;
 
@@ -79,10 +79,11 @@ pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult
     settings.notify.batch_interval = settings.notify.batch_interval.min(DEMO_BATCH);
     // from before the database exists, so an interruption always drops it
     let interrupted = stop_on_signal();
-    let mut admin = admin_connection(&options).await?;
+    let mut admin = crate::store::create::server_connection(&options)
+        .await
+        .context("connecting to the database server (database.url or DATABASE_URL)")?;
     let name = format!("keywatch_demo_{}", std::process::id());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&mut admin)
+    crate::store::create::create_database(&mut admin, &name)
         .await
         .with_context(|| {
             format!("creating the scratch database {name} (the role must be allowed to create databases)")
@@ -104,11 +105,7 @@ pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult
         println!("\nkept the database: psql {}", psql_url(&options, &name));
         return result;
     }
-    let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "drop database if exists {name} with (force)"
-    )))
-    .execute(&mut admin)
-    .await;
+    let dropped = crate::store::create::drop_database(&mut admin, &name).await;
     match (result, dropped) {
         (Ok(()), Ok(_)) => {
             println!("\ndropped the scratch database {name}; `keywatch demo --keep` keeps it");
@@ -124,21 +121,6 @@ pub async fn demo(config: &std::path::Path, fast: bool, keep: bool) -> CmdResult
             }
             Err(failed)
         }
-    }
-}
-
-/// A connection to the server for creating and dropping the scratch
-/// database: its `postgres` database, or the configured one where the
-/// server has no `postgres` (some hosted services).
-async fn admin_connection(options: &PgConnectOptions) -> Result<PgConnection, Failure> {
-    let context = "cannot connect to the database server (database.url or DATABASE_URL)";
-    match PgConnection::connect_with(&options.clone().database("postgres")).await {
-        Ok(conn) => Ok(conn),
-        Err(first) => PgConnection::connect_with(options).await.map_err(|second| {
-            Failure::Other(anyhow::anyhow!(
-                "{context}: its postgres database: {first}; the configured one: {second}"
-            ))
-        }),
     }
 }
 
@@ -222,9 +204,7 @@ async fn run_demo(
     inbox: Option<Inbox>,
     interrupted: tokio::sync::watch::Receiver<bool>,
 ) -> CmdResult {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(5)
-        .connect_with(database)
+    let pool = crate::store::connect_with(database, 5)
         .await
         .context("connecting to the demo database")?;
     crate::store::migrate(&pool)
@@ -359,15 +339,14 @@ async fn play(
         .context("the dispatcher ended abnormally")?
         .map_err(|e| Failure::Other(e.into()))?;
     printed.context("printing alerts")?;
-    let (alerts, delivered, undelivered): (i64, i64, i64) = sqlx::query_as(
-        "select (select count(*) from alerts),
-                count(*) filter (where status = 'delivered'),
-                count(*) filter (where status in ('pending', 'failed'))
-         from alert_deliveries",
-    )
-    .fetch_one(pool)
-    .await
-    .context("counting alerts")?;
+    let mut conn = pool.acquire().await.context("counting alerts")?;
+    let Tally {
+        alerts,
+        delivered,
+        undelivered,
+    } = crate::store::alerts::tally(&mut conn)
+        .await
+        .context("counting alerts")?;
     let _ = mails_done.send(());
     let received = match mails {
         Some(task) => format!(", {} mails received", task.await.context("printing mails")?),
@@ -398,17 +377,17 @@ const DRAIN: Duration = Duration::from_secs(30);
 async fn print_alerts(pool: sqlx::PgPool, mut done: tokio::sync::oneshot::Receiver<()>) {
     let mut seen = 0i64;
     loop {
-        let rows: Result<Vec<(i64, i64, String, String)>, _> = sqlx::query_as(
-            "select id, block_height, severity, title from alerts where id > $1 order by id",
-        )
-        .bind(seen)
-        .fetch_all(&pool)
+        let rows = async {
+            let mut conn = pool.acquire().await?;
+            crate::store::alerts::headlines_after(&mut conn, seen).await
+        }
         .await;
         match rows {
             Ok(rows) => {
-                for (id, h, sev, title) in rows {
-                    println!("block {h}  [{}] {}", sev.to_uppercase(), clean(&title));
-                    seen = id;
+                for a in rows {
+                    let severity = a.severity.to_uppercase();
+                    println!("block {}  [{severity}] {}", a.block_height, clean(&a.title));
+                    seen = a.id;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the alerts to print them"),

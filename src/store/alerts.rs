@@ -651,3 +651,45 @@ pub async fn shadow_outbox(tx: &mut PgConnection) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// An alert as one line: what `keywatch demo` prints as it is decided.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Headline {
+    pub id: i64,
+    pub block_height: i64,
+    pub severity: String,
+    pub title: String,
+}
+
+/// The alerts after `after_id`, oldest first.
+pub async fn headlines_after(
+    conn: &mut PgConnection,
+    after_id: i64,
+) -> Result<Vec<Headline>, StoreError> {
+    Ok(sqlx::query_as(
+        "select id, block_height, severity, title from alerts where id > $1 order by id",
+    )
+    .bind(after_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// How many alerts there are, and of their deliveries how many were
+/// delivered and how many did not go out (pending or failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Tally {
+    pub alerts: i64,
+    pub delivered: i64,
+    pub undelivered: i64,
+}
+
+pub async fn tally(conn: &mut PgConnection) -> Result<Tally, StoreError> {
+    Ok(sqlx::query_as(
+        "select (select count(*) from alerts) as alerts,
+                count(*) filter (where status = 'delivered') as delivered,
+                count(*) filter (where status in ('pending', 'failed')) as undelivered
+         from alert_deliveries",
+    )
+    .fetch_one(conn)
+    .await?)
+}

@@ -39,13 +39,10 @@ pub async fn ensure_database(url: &str) -> Result<Ensured, StoreError> {
     // no name in the url: PostgreSQL's default, the role's name
     let name = options.get_database().unwrap_or(&role).to_owned();
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {quoted}")))
-        .execute(&mut admin)
-        .await;
+    let created = create_database(&mut admin, &name).await;
     admin.close().await?;
     match created {
-        Ok(_) => {
+        Ok(()) => {
             tracing::info!(database = %name, "created the database");
             Ok(Ensured::Created)
         }
@@ -57,6 +54,44 @@ pub async fn ensure_database(url: &str) -> Result<Ensured, StoreError> {
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A connection to the server itself, for creating and dropping
+/// databases: to its `postgres` database, or, where the server has none
+/// (some hosted services), to the database `options` name.
+pub async fn server_connection(options: &PgConnectOptions) -> Result<PgConnection, StoreError> {
+    match PgConnection::connect_with(&options.clone().database("postgres")).await {
+        Ok(conn) => Ok(conn),
+        Err(first) => PgConnection::connect_with(options).await.map_err(|second| {
+            StoreError::Invalid(format!(
+                "cannot connect to the server: its postgres database: {first}; \
+                 the configured one: {second}"
+            ))
+        }),
+    }
+}
+
+/// `create database "name"`.
+pub async fn create_database(admin: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    let sql = format!("create database {}", quote(name));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(admin)
+        .await?;
+    Ok(())
+}
+
+/// `drop database if exists "name" with (force)`: its sessions are ended.
+pub async fn drop_database(admin: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    let sql = format!("drop database if exists {} with (force)", quote(name));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(admin)
+        .await?;
+    Ok(())
+}
+
+/// An identifier, quoted.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The SQLSTATE of a database error.

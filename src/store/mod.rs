@@ -127,11 +127,15 @@ impl Listening {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(url)
-        .await?)
+    connect_with(url.parse()?, max_connections).await
+}
+
+/// [`connect`], to the database `options` name.
+pub async fn connect_with(
+    options: PgConnectOptions,
+    max_connections: u32,
+) -> Result<PgPool, StoreError> {
+    Ok(pool_options(max_connections).connect_with(options).await?)
 }
 
 /// A pool that connects on first use, so a process can start (and report

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use crate::crash::{config, database_url, keywatch, run_with_kills};
 use crate::ingest::{START, assert_matches_chain, big_scenario};
 use crate::smtp::SmtpServer;
+use crate::support::signal;
 
 /// Every fault kind the simulator has, `total` of all requests together;
 /// slow answers take `slow_ms` (longer than the client's timeout).
@@ -81,10 +82,7 @@ pub async fn watch(cfg: &std::path::PathBuf, db: &str, accounts: &[&str]) {
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn run_under_20_percent_faults_and_sigkills_ends_only_at_its_until_height(pool: PgPool) {
-    let sim = Simulator::start(big_scenario(300), SimOptions::default())
-        .await
-        .unwrap();
-    sim.advance_to(START + 5);
+    let sim = crate::ingest::big_chain(300, None).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
     shipped_attempts(&cfg);
@@ -148,10 +146,7 @@ async fn a_60_second_rpc_outage_is_mailed_while_it_lasts_and_run_catches_up(pool
     const AFTER: Duration = Duration::from_secs(10);
     let smtp = SmtpServer::start().await;
     let (beat_url, pings) = heartbeat_receiver().await;
-    let sim = Simulator::start(big_scenario(400), SimOptions::default())
-        .await
-        .unwrap();
-    sim.advance_to(START + 5);
+    let sim = crate::ingest::big_chain(400, None).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
     shipped_attempts(&cfg);
@@ -380,10 +375,7 @@ async fn with_the_database_down_the_stall_is_mailed_and_recorded_once_it_returns
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn run_says_why_on_every_channel_before_it_exits_on_a_broken_chain(pool: PgPool) {
     let smtp = SmtpServer::start().await;
-    let sim = Simulator::start(big_scenario(100), SimOptions::default())
-        .await
-        .unwrap();
-    sim.advance_to(START + 5);
+    let sim = crate::ingest::big_chain(100, None).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
     let mut text = std::fs::read_to_string(&cfg)
@@ -564,15 +556,6 @@ async fn reconcile_and_watch_add_from_another_process_succeed_while_run_follows_
     follower.wait().await.unwrap();
 }
 
-pub fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
-}
-
 /// The pid in the lease holder's name (`keywatch-<pid>-<random>`).
 pub async fn leader_pid(pool: &PgPool) -> Option<u32> {
     let holder: Option<String> = sqlx::query_scalar(
@@ -614,10 +597,7 @@ async fn live_chain_for(sim: &Simulator, d: Duration) {
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_leader(pool: PgPool) {
     let smtp = SmtpServer::start().await;
-    let sim = Simulator::start(big_scenario(900), SimOptions::default())
-        .await
-        .unwrap();
-    sim.advance_to(START + 5);
+    let sim = crate::ingest::big_chain(900, None).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
     let mut text = std::fs::read_to_string(&cfg)

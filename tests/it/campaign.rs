@@ -11,14 +11,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use keywatch::sim::{SimOptions, Simulator};
 use sqlx::PgPool;
 
-use crate::always_on::{every_fault, leader_pid, outage, signal, watch};
+use crate::always_on::{every_fault, leader_pid, outage, watch};
 use crate::crash::{config, keywatch};
-use crate::ingest::{START, assert_matches_chain, big_scenario};
+use crate::ingest::assert_matches_chain;
 use crate::pgcluster::PgCluster;
 use crate::smtp::{Mode, SmtpServer};
+use crate::support::signal;
 
 /// One event of a cycle, at its offset in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +102,7 @@ async fn the_fault_campaign_keeps_history_exact_and_every_alert_delivered_once()
     let smtp = SmtpServer::start().await;
     // the scripted story ends before the cycles do; the chain goes on empty
     let blocks = 500 * cycles as u64 + 200;
-    let sim = Simulator::start(big_scenario(blocks), SimOptions::default())
-        .await
-        .unwrap();
-    sim.advance_to(START + 5);
+    let sim = crate::ingest::big_chain(blocks, None).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
     let mut text = std::fs::read_to_string(&cfg)

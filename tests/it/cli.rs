@@ -346,12 +346,7 @@ async fn simulate_serves_the_demo_scenario_now_and_stops_on_sigterm() {
         (0..60).contains(&since),
         "genesis at {genesis}, started {started}"
     );
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    crate::support::signal(child.id().unwrap(), "TERM");
     let exit = child.wait().await.unwrap();
     assert_eq!(exit.code(), Some(0));
     let last = lines.next_line().await.unwrap().unwrap();

@@ -87,16 +87,7 @@ async fn sigkill_during_backfill_and_follow_loses_and_duplicates_nothing(pool: P
         latency_ms: Some((3, 8)),
         ..FaultPlan::default()
     };
-    let sim = Simulator::start(
-        big_scenario(600),
-        SimOptions {
-            faults: Some(faults),
-            ..SimOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    sim.advance_to(START + 5);
+    let sim = crate::ingest::big_chain(600, Some(faults)).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
     let db = database_url(&pool);
@@ -207,14 +198,7 @@ async fn sigterm_finishes_the_current_block_and_exits_0(pool: PgPool) {
         assert!(std::time::Instant::now() < deadline, "no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::signal(child.id().unwrap(), "TERM");
     let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
         .await
         .expect("exits promptly")
@@ -236,10 +220,7 @@ async fn sigterm_finishes_the_current_block_and_exits_0(pool: PgPool) {
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn reconcile_exits_1_on_drift_and_0_once_corrected(pool: PgPool) {
-    let sim = Simulator::start(big_scenario(40), SimOptions::default())
-        .await
-        .unwrap();
-    sim.advance_to(START + 5);
+    let sim = crate::ingest::big_chain(40, None).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &sim.url());
     let db = database_url(&pool);

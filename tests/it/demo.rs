@@ -8,14 +8,14 @@ use std::collections::BTreeSet;
 use futures_util::FutureExt;
 use sqlx::{PgPool, Row};
 
-/// Runs `keywatch demo --fast` plus `extra` as the README says, from the
-/// checkout with the shipped config (which has no channel) and no
-/// `KEYWATCH__` override; `DATABASE_URL` names the tests' server.
-async fn demo(extra: &[&str]) -> String {
+/// `keywatch demo` plus `args` as the README runs it: from the checkout,
+/// with the shipped config (which has no channel) and no `KEYWATCH__`
+/// override; `DATABASE_URL` names the tests' server.
+fn demo_command(args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["demo", "--fast"])
-        .args(extra)
+        .arg("demo")
+        .args(args)
         .env("DATABASE_URL", std::env::var("DATABASE_URL").unwrap())
         .env("KEYWATCH_LOG", "warn")
         .kill_on_drop(true)
@@ -24,7 +24,12 @@ async fn demo(extra: &[&str]) -> String {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYWATCH__")) {
         cmd.env_remove(k);
     }
-    let out = cmd.output().await.unwrap();
+    cmd
+}
+
+/// Runs [`demo_command`] to its end; its output.
+async fn demo(args: &[&str]) -> String {
+    let out = demo_command(args).output().await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -50,6 +55,7 @@ fn count(text: &str, what: &str) -> usize {
 
 #[tokio::test]
 async fn demo_mails_every_alert_to_its_receiver_and_prints_each_mail() {
+    // the README's command itself: 600 ms blocks, about 20 s
     let text = demo(&[]).await;
     assert!(
         text.contains("block 1006  [CRITICAL] New full-access key on treasury.near"),
@@ -130,7 +136,7 @@ fn cookbook() -> Vec<String> {
 
 #[tokio::test]
 async fn demo_keep_leaves_a_database_that_answers_every_cookbook_query() {
-    let text = demo(&["--keep"]).await;
+    let text = demo(&["--fast", "--keep"]).await;
     let url = text
         .lines()
         .find_map(|l| l.strip_prefix("kept the database: psql "))
@@ -222,20 +228,7 @@ async fn answers_every_cookbook_query(kept: reqwest::Url) {
 async fn an_interrupted_demo_still_drops_its_database() {
     use tokio::io::AsyncBufReadExt;
     // 600 ms blocks: the story takes about 20 s, time enough to interrupt it
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keywatch"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYWATCH__")) {
-        command.env_remove(k);
-    }
-    let mut child = command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("demo")
-        .env("DATABASE_URL", std::env::var("DATABASE_URL").unwrap())
-        .env("KEYWATCH_LOG", "warn")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = demo_command(&[]).spawn().unwrap();
     let name = format!("keywatch_demo_{}", child.id().unwrap());
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     loop {
@@ -258,14 +251,7 @@ async fn an_interrupted_demo_still_drops_its_database() {
         .unwrap()
     };
     assert!(exists().await, "{name} exists while the demo runs");
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::signal(child.id().unwrap(), "INT");
     let mut rest = String::new();
     while let Some(line) = lines.next_line().await.unwrap() {
         rest.push_str(&line);

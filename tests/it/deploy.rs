@@ -52,13 +52,28 @@ fn the_dashboard_asks_only_for_metrics_the_binary_exports() {
         .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
         .collect();
     // every declared metric is exported from the start, before anything
-    // happened (histograms as their _bucket, _sum and _count series)
-    for (name, kind, _, _) in keywatch::metrics::EXPORTED {
+    // happened (histograms as their _bucket, _sum and _count series), with
+    // exactly its declared labels
+    for (name, kind, labels, _) in keywatch::metrics::EXPORTED {
         let series = match kind {
             keywatch::metrics::Kind::Histogram => format!("{name}_bucket"),
             _ => name.to_string(),
         };
         assert!(exported.contains(&series), "{series} in:\n{exposition}");
+        for line in exposition
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(series.as_str()))
+        {
+            let keys: Vec<&str> = line
+                .split_once('{')
+                .map(|(_, rest)| rest.split('}').next().unwrap())
+                .into_iter()
+                .flat_map(|l| l.split(','))
+                .map(|kv| kv.split('=').next().unwrap())
+                .filter(|k| *k != "le")
+                .collect();
+            assert_eq!(keys, *labels, "{line}");
+        }
     }
     let text = read("deploy/grafana/dashboards/keywatch.json");
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();

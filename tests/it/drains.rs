@@ -132,6 +132,21 @@ amount = "{}"
     Scenario::from_toml(&text, "gas key story").unwrap()
 }
 
+/// [`charged_and_refunded`], then 0.01 NEAR charged at 1063 and 1066 and
+/// never refunded.
+fn charged_then_drained() -> Vec<Call> {
+    let mut calls = charged_and_refunded();
+    for at in [1063, 1066] {
+        calls.push(Call {
+            at,
+            fee: "0.01",
+            refund: "0",
+            after: 2,
+        });
+    }
+    calls
+}
+
 /// The table of the issue: charged two blocks after the addition, refunded
 /// two blocks after each charge, every five blocks.
 fn charged_and_refunded() -> Vec<Call> {
@@ -219,17 +234,9 @@ async fn a_key_charged_and_refunded_two_blocks_later_raises_no_drain(pool: PgPoo
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn charges_never_refunded_raise_one_drain_at_the_charge_that_crossed(pool: PgPool) {
-    let mut calls = charged_and_refunded();
     // 0.01 NEAR twice, never refunded: 2.4% down after the first, 4.4%
     // after the second (under twice the threshold, so nothing more is due)
-    for at in [1063, 1066] {
-        calls.push(Call {
-            at,
-            fee: "0.01",
-            refund: "0",
-            after: 2,
-        });
-    }
+    let mut calls = charged_then_drained();
     // refunded traffic after the drain's deciding block adds nothing (the
     // rule stays true, within its cooldown). A refund landing between a
     // charge and its deciding block counts toward that charge's settled
@@ -303,15 +310,7 @@ async fn a_gas_key_charged_and_funded_back_two_blocks_later_raises_no_drain(pool
 
 #[sqlx::test(migrator = "keywatch::store::MIGRATOR")]
 async fn a_gas_key_charged_and_never_funded_back_raises_one_drain(pool: PgPool) {
-    let mut calls = charged_and_refunded();
-    for at in [1063, 1066] {
-        calls.push(Call {
-            at,
-            fee: "0.01",
-            refund: "0",
-            after: 2,
-        });
-    }
+    let calls = charged_then_drained();
     let decided = drains(&pool, gas_story(&calls)).await;
     assert_eq!(decided, vec![("allowance_drain".to_owned(), 1076, 1066)]);
 }

@@ -44,6 +44,22 @@ fn tx(at: u64, account: usize, action: Action) -> Tx {
     }
 }
 
+/// [`big_scenario`] served, produced up to `START + 5`, with `faults` if
+/// given.
+pub async fn big_chain(blocks: u64, faults: Option<keywatch::sim::FaultPlan>) -> Simulator {
+    let sim = Simulator::start(
+        big_scenario(blocks),
+        SimOptions {
+            faults,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    sim.advance_to(START + 5);
+    sim
+}
+
 /// `blocks` blocks of seeded traffic on 6 accounts plus every change kind:
 /// skipped heights, gas keys (added, used from a nonce slot, funded,
 /// deleted), an ML-DSA handle, a deploy, a global contract, stake, several

@@ -43,6 +43,18 @@ fn action(at: u64, body: &str) -> String {
     )
 }
 
+/// 3,950 NEAR moved out of the treasury at 1020, then `second` NEAR at
+/// 1070 (half a minute later).
+fn drained_twice(second: &str) -> Scenario {
+    let transfer =
+        |amount: &str| format!("do = \"transfer\"\nto = \"thief.near\"\namount = \"{amount}\"");
+    treasury(&format!(
+        "{}{}",
+        action(1020, &transfer("3950")),
+        action(1070, &transfer(second))
+    ))
+}
+
 /// Follows the story with the shipped rules (plus `rules`), 15 quiet
 /// blocks past its end; returns the alerts of `rule` as (deciding block,
 /// details), checking that `rules test` decides the same blocks.
@@ -81,18 +93,7 @@ async fn alerts_of(pool: &PgPool, scenario: Scenario, rule: &str) -> Vec<(i64, V
 async fn a_second_drain_inside_the_cooldown_is_a_second_alert_naming_its_own_change(pool: PgPool) {
     // 79% of the treasury, then half a minute later 80% of what was left
     // (the cooldown is 15 minutes of chain time)
-    let story = treasury(&format!(
-        "{}{}",
-        action(
-            1020,
-            "do = \"transfer\"\nto = \"thief.near\"\namount = \"3950\""
-        ),
-        action(
-            1070,
-            "do = \"transfer\"\nto = \"thief.near\"\namount = \"840\""
-        )
-    ));
-    let drops = alerts_of(&pool, story, "balance_drop").await;
+    let drops = alerts_of(&pool, drained_twice("840"), "balance_drop").await;
     assert_eq!(drops.len(), 2, "{drops:#?}");
     let (first, second) = (&drops[0].1, &drops[1].1);
     assert_eq!(first["change_block_height"], 1020);
@@ -120,18 +121,7 @@ async fn a_second_drain_inside_the_cooldown_is_a_second_alert_naming_its_own_cha
 async fn a_small_further_drop_inside_the_cooldown_stays_quiet(pool: PgPool) {
     // the second drop is 95 NEAR, 9% of what was left: below both
     // thresholds (100 NEAR, 20%)
-    let story = treasury(&format!(
-        "{}{}",
-        action(
-            1020,
-            "do = \"transfer\"\nto = \"thief.near\"\namount = \"3950\""
-        ),
-        action(
-            1070,
-            "do = \"transfer\"\nto = \"thief.near\"\namount = \"95\""
-        )
-    ));
-    let drops = alerts_of(&pool, story, "balance_drop").await;
+    let drops = alerts_of(&pool, drained_twice("95"), "balance_drop").await;
     assert_eq!(drops.len(), 1, "{drops:#?}");
 }
 

@@ -9,11 +9,11 @@
 
 use std::time::Duration;
 
-use keywatch::sim::{FaultKind, FaultPlan, FaultRule, SimOptions, Simulator};
+use keywatch::sim::{FaultKind, FaultPlan, FaultRule};
 use sqlx::PgPool;
 
 use crate::crash::{config, database_url, keywatch};
-use crate::ingest::{START, big_scenario};
+use crate::ingest::START;
 use crate::smtp::{SmtpServer, TlsSetup};
 use crate::support::{Canned, FakeNode};
 
@@ -50,16 +50,7 @@ async fn no_secret_reaches_logs_the_database_or_cli_output(pool: PgPool) {
         }],
         ..FaultPlan::default()
     };
-    let sim = Simulator::start(
-        big_scenario(120),
-        SimOptions {
-            faults: Some(faults),
-            ..SimOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    sim.advance_to(START + 5);
+    let sim = crate::ingest::big_chain(120, Some(faults)).await;
     let dir = tempfile::tempdir().unwrap();
     let rpc_url = format!("{}v1/{RPC_PATH_KEY}?apikey={RPC_QUERY_KEY}", sim.url());
     let cfg = config(&dir, &rpc_url);

@@ -166,3 +166,13 @@ pub fn sample_result(path: &str) -> Value {
     let body = doc.get("response").cloned().unwrap_or(doc);
     body.get("result").cloned().unwrap_or(body)
 }
+
+/// Sends `sig` (TERM, INT, STOP, ...) to the process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
